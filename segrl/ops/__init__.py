@@ -1,0 +1,55 @@
+"""Core maths of segrl as pure torch functions: batched, loop-free, device-agnostic, no transformers.
+
+Conventions (SPEC §0): right-padded ``(B, T)`` tensors over response tokens only; ``mask`` is True
+for real response tokens; segments are ``segment_ids`` with ``-1`` outside every segment.
+"""
+
+from .asr import (
+    ASRResult,
+    asr_mask,
+    asr_segments,
+    hysteresis_states,
+    resolve_baseline,
+    segment_ids_from_states,
+    segment_means,
+    step_segment_ids,
+    stepwise_mask,
+    tokenwise_mask,
+)
+from .normalizer import (
+    LocationBuckets,
+    LocationNormalizerCoef,
+    fit_location_normalizer,
+    location_buckets,
+    segment_locations,
+)
+from .segments import (
+    entropy_segment_ids,
+    location_normalize,
+    segment_counts,
+    segment_end_values,
+    spread_segment_rewards,
+)
+
+__all__ = [
+    "ASRResult",
+    "LocationBuckets",
+    "LocationNormalizerCoef",
+    "asr_mask",
+    "asr_segments",
+    "entropy_segment_ids",
+    "fit_location_normalizer",
+    "hysteresis_states",
+    "location_buckets",
+    "location_normalize",
+    "resolve_baseline",
+    "segment_counts",
+    "segment_end_values",
+    "segment_ids_from_states",
+    "segment_locations",
+    "segment_means",
+    "spread_segment_rewards",
+    "step_segment_ids",
+    "stepwise_mask",
+    "tokenwise_mask",
+]
