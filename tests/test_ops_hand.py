@@ -1,0 +1,297 @@
+"""Hand-computed cases for every rule of SPEC §1-§2. The arithmetic is written next to each case."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from segrl import ops
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def T(rows, dtype=torch.float32, device="cpu"):
+    return torch.tensor(rows, dtype=dtype, device=device)
+
+
+def M(rows, device="cpu"):
+    return torch.tensor(rows, dtype=torch.bool, device=device)
+
+
+# ---------------------------------------------------------------- baselines
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_resolve_baseline_modes(device):
+    r = T([[1.0, 3.0, 99.0], [2.0, 99.0, 99.0]], device=device)
+    m = M([[1, 1, 0], [1, 0, 0]], device=device)
+    # batch mean over valid tokens only: (1 + 3 + 2) / 3 = 2; the 99s are padding.
+    assert ops.resolve_baseline(r, m, "batch_mean").tolist() == [2.0, 2.0]
+    # per-row means: (1 + 3) / 2 = 2 and 2 / 1 = 2... use a row that differs:
+    r2 = T([[1.0, 3.0, 99.0], [5.0, 99.0, 99.0]], device=device)
+    assert ops.resolve_baseline(r2, m, "sequence_mean").tolist() == [2.0, 5.0]
+    assert ops.resolve_baseline(r2, m, "zero").tolist() == [0.0, 0.0]
+    assert ops.resolve_baseline(r2, m, -0.5).tolist() == [-0.5, -0.5]
+
+
+def test_resolve_baseline_empty_rows_are_zero():
+    r = T([[7.0, 7.0], [1.0, 1.0]])
+    m = M([[0, 0], [1, 0]])
+    assert ops.resolve_baseline(r, m, "sequence_mean").tolist() == [0.0, 1.0]
+    assert ops.resolve_baseline(r, M([[0, 0], [0, 0]]), "batch_mean").tolist() == [0.0, 0.0]
+
+
+# ---------------------------------------------------------------- hysteresis
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_hysteresis_delta_zero_is_sign_with_ties_inheriting(device):
+    # b = 0, delta = 0: states are sign(r) except ties (r == 0) copy the previous state.
+    r = T([[0.0, 1.0, 0.0, -2.0, 0.0, 3.0]], device=device)
+    m = M([[1, 1, 1, 1, 1, 1]], device=device)
+    # t0: tie, no previous -> 0 (undecided); t1: +1; t2: tie -> +1; t3: -1; t4: tie -> -1; t5: +1
+    assert ops.hysteresis_states(r, m, 0.0, 0.0).tolist() == [[0, 1, 1, -1, -1, 1]]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_hysteresis_band(device):
+    # b = 1, delta = 0.5: band is [0.5, 1.5]; leaving it above 1.5 -> +1, below 0.5 -> -1.
+    r = T([[1.2, 1.6, 1.0, 0.5, 0.4, 1.5, 1.51, 0.0]], device=device)
+    m = M([[1, 1, 1, 1, 1, 1, 1, 0]], device=device)
+    # t0 1.2 in band, nothing before -> 0; t1 1.6 > 1.5 -> +1; t2 1.0 band -> +1;
+    # t3 0.5 == b - delta is in the band (strict) -> +1; t4 0.4 < 0.5 -> -1; t5 1.5 band -> -1;
+    # t6 1.51 > 1.5 -> +1; t7 padding -> 0.
+    assert ops.hysteresis_states(r, m, 1.0, 0.5).tolist() == [[0, 1, 1, 1, -1, -1, 1, 0]]
+
+
+def test_hysteresis_per_row_baseline_tensor():
+    r = T([[1.0, 2.0], [1.0, 2.0]])
+    m = M([[1, 1], [1, 1]])
+    # row 0: b = 1.5 -> [-1, +1]; row 1: b = 0 -> [+1, +1]
+    assert ops.hysteresis_states(r, m, torch.tensor([1.5, 0.0]), 0.0).tolist() == [[-1, 1], [1, 1]]
+
+
+# ---------------------------------------------------------------- segments from states
+
+
+def test_segment_ids_from_states_runs_and_leading_undecided():
+    states = torch.tensor([[0, 0, 1, 1, -1, 1, 0], [-1, -1, -1, 0, 0, 0, 0]])
+    m = M([[1, 1, 1, 1, 1, 1, 0], [1, 1, 1, 0, 0, 0, 0]])
+    # row 0: runs [0 0][1 1][-1][1], padding -1. Pivots at t = 2, 4, 5.
+    # row 1: one run of -1 then padding.
+    assert ops.segment_ids_from_states(states, m).tolist() == [
+        [0, 0, 1, 1, 2, 3, -1],
+        [0, 0, 0, -1, -1, -1, -1],
+    ]
+
+
+# ---------------------------------------------------------------- ASR mask
+
+
+def test_asr_mask_chosen_and_rejected_published_rule():
+    # delta = 0, baseline 0 reduces to Equilibrate-RLHF: chosen keeps r > 0, rejected keeps r < 0.
+    r = T([[0.5, -0.2, 0.3, 0.0], [0.5, -0.2, -0.3, 9.0]])
+    m = M([[1, 1, 1, 1], [1, 1, 1, 0]])
+    keep = ops.asr_mask(r, m, torch.tensor([1, -1]), baseline="zero")
+    # row 0 (chosen): states [+,-,+, tie->+] -> keep [1,0,1,1]. The tie inherits +1 (hysteresis),
+    # which is the only difference from the published per-token rule (it would drop r == 0).
+    # row 1 (rejected): states [+,-,-] -> keep [0,1,1], padding False.
+    assert keep.tolist() == [[True, False, True, True], [False, True, True, False]]
+    assert keep.dtype == torch.bool
+
+
+def test_asr_mask_batch_mean_baseline_and_hysteresis():
+    r = T([[3.0, 2.5, 1.0, 2.2, 3.5], [0.0, 1.0, 2.0, 0.0, 0.0]])
+    m = M([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    # batch mean = (3 + 2.5 + 1 + 2.2 + 3.5 + 0 + 1 + 2) / 8 = 15.2 / 8 = 1.9; delta 0.5 -> band [1.4, 2.4]
+    # row 0: 3 -> +; 2.5 -> +; 1.0 -> -; 2.2 band -> -; 3.5 -> +   states [+, +, -, -, +]
+    # row 1: 0 -> -; 1.0 -> -; 2.0 band -> -                        states [-, -, -]
+    res = ops.asr_segments(r, m, torch.tensor([1, 1]), delta=0.5)
+    assert res.baseline.tolist() == pytest.approx([1.9, 1.9])
+    assert res.states.tolist() == [[1, 1, -1, -1, 1], [-1, -1, -1, 0, 0]]
+    assert res.segment_ids.tolist() == [[0, 0, 1, 1, 2], [0, 0, 0, -1, -1]]
+    # row 0 chosen keeps its + segments; row 1 has no + token -> empty -> falls back to full mask
+    assert res.keep.tolist() == [[True, True, False, False, True], [True, True, True, False, False]]
+    assert res.fallback.tolist() == [False, True]
+    none = ops.asr_mask(r, m, torch.tensor([1, 1]), delta=0.5, empty="none")
+    assert none[1].tolist() == [False] * 5
+
+
+def test_asr_mask_neutral_policy():
+    r = T([[0.1, 0.1, 2.0, 0.1]])
+    m = M([[1, 1, 1, 1]])
+    # b = 0, delta = 1: t0, t1 undecided (0); t2 -> +1; t3 in band -> +1
+    drop = ops.asr_mask(r, m, torch.tensor([1]), baseline=0.0, delta=1.0)
+    keep = ops.asr_mask(r, m, torch.tensor([1]), baseline=0.0, delta=1.0, neutral="keep")
+    assert drop.tolist() == [[False, False, True, True]]
+    assert keep.tolist() == [[True, True, True, True]]
+    # rejected: no -1 state at all -> drop policy empties the row -> full fallback; keep policy keeps the undecided run
+    assert ops.asr_mask(r, m, torch.tensor([-1]), baseline=0.0, delta=1.0).tolist() == [[True] * 4]
+    assert ops.asr_mask(r, m, torch.tensor([-1]), baseline=0.0, delta=1.0, neutral="keep").tolist() == [
+        [True, True, False, False]
+    ]
+
+
+def test_asr_mask_empty_row_is_not_a_fallback():
+    r = T([[1.0, 2.0], [0.0, 0.0]])
+    m = M([[1, 1], [0, 0]])
+    res = ops.asr_segments(r, m, torch.tensor([1, 1]), baseline="zero")
+    assert res.keep.tolist() == [[True, True], [False, False]]
+    assert res.fallback.tolist() == [False, False]
+
+
+# ---------------------------------------------------------------- token-wise / step-wise baselines
+
+
+def test_tokenwise_mask_ties_are_neutral():
+    r = T([[1.0, 0.0, -1.0, 0.0]])
+    m = M([[1, 1, 1, 1]])
+    # states sign(r - 0) = [+, 0, -, 0]; chosen keeps only t0 with neutral drop, t0,t1,t3 with keep.
+    assert ops.tokenwise_mask(r, m, torch.tensor([1]), baseline="zero").tolist() == [[True, False, False, False]]
+    assert ops.tokenwise_mask(r, m, torch.tensor([1]), baseline="zero", neutral="keep").tolist() == [
+        [True, True, False, True]
+    ]
+
+
+def test_step_segments_and_stepwise_mask():
+    # tokens: "a" "b" "." "c" "\n" "d"; boundaries after "." (t2) and "\n" (t4)
+    boundary = M([[0, 0, 1, 0, 1, 0]])
+    m = M([[1, 1, 1, 1, 1, 1]])
+    assert ops.step_segment_ids(boundary, m).tolist() == [[0, 0, 0, 1, 1, 2]]
+    r = T([[2.0, -1.0, 2.0, -3.0, 1.0, 0.5]])
+    # segment means: (2 - 1 + 2) / 3 = 1 ; (-3 + 1) / 2 = -1 ; 0.5. batch mean = 1.5 / 6 = 0.25
+    # signs vs b = 0.25: +, -, + -> chosen keeps steps 0 and 2 (including the negative token t1)
+    keep = ops.stepwise_mask(r, m, boundary, torch.tensor([1]))
+    assert keep.tolist() == [[True, True, True, False, False, True]]
+    assert ops.stepwise_mask(r, m, boundary, torch.tensor([-1])).tolist() == [[False, False, False, True, True, False]]
+
+
+# ---------------------------------------------------------------- entropy segmentation
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_entropy_segment_ids_dense(device):
+    e = T([[9.0, 0.5, 2.0, 1.5, 2.5, 9.0, 9.0]], device=device)
+    m = M([[1, 1, 1, 1, 1, 1, 0]], device=device)
+    # n = 6, EOS is t5 -> segmented region t0..t4. c = 1.5: t0 starts seg 0 (its entropy is ignored);
+    # t2 (2.0 > 1.5) starts seg 1; t3 (1.5, not strictly greater) continues; t4 (2.5) starts seg 2.
+    assert ops.entropy_segment_ids(e, m, 1.5).tolist() == [[0, 0, 1, 1, 2, -1, -1]]
+
+
+def test_entropy_segment_ids_token_and_bandit_and_short_rows():
+    e = T([[0.3, 0.2, 0.0, 0.7], [5.0, 5.0, 5.0, 5.0], [1.0, 1.0, 1.0, 1.0]])
+    m = M([[1, 1, 1, 1], [1, 0, 0, 0], [0, 0, 0, 0]])
+    # c = 0: every token but EOS is its own segment, except a token with entropy exactly 0 (strict >).
+    assert ops.entropy_segment_ids(e, m, 0.0).tolist() == [
+        [0, 1, 1, -1],  # t2 has entropy 0.0, not > 0 -> joins segment 1; t3 is EOS
+        [-1, -1, -1, -1],  # only EOS -> no segment
+        [-1, -1, -1, -1],
+    ]
+    assert ops.entropy_segment_ids(e, m, math.inf).tolist() == [
+        [0, 0, 0, 0],  # bandit: one segment, EOS included
+        [0, -1, -1, -1],
+        [-1, -1, -1, -1],
+    ]
+
+
+# ---------------------------------------------------------------- read-out, normalise, spread
+
+
+def test_segment_end_values_reads_last_token():
+    ids = torch.tensor([[0, 0, 1, 1, 1, -1], [0, 1, -1, -1, -1, -1], [-1, -1, -1, -1, -1, -1]])
+    v = T([[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], [7.0, 8.0, 9.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0, 1.0, 1.0]])
+    seg, valid = ops.segment_end_values(v, ids)
+    # row 0: seg 0 ends at t1 -> 2, seg 1 ends at t4 -> 5 (EOS value 6 is never read)
+    assert seg.tolist() == [[2.0, 5.0], [7.0, 8.0], [0.0, 0.0]]
+    assert valid.tolist() == [[True, True], [True, True], [False, False]]
+
+
+def test_location_normalize_hand_values():
+    coef = {"a_mu": 1.0, "b_mu": 0.5, "a_sigma": 0.5, "b_sigma": 2.0}
+    seg = T([[1.0, 2.0, 3.0, 0.0], [4.0, 0.0, 0.0, 0.0]])
+    valid = M([[1, 1, 1, 0], [1, 0, 0, 0]])
+    out = ops.location_normalize(seg, valid, coef)
+    # row 0, K = 3: p = 1/3, 2/3, 1
+    expected = []
+    for k, r in zip((1, 2, 3), (1.0, 2.0, 3.0)):
+        lp = math.log(k / 3 + 1e-10)
+        expected.append((r - (1.0 * lp + 0.5)) / max(0.5 * lp + 2.0, 1e-2))
+    # row 1, K = 1: p = 1 -> ln(1 + 1e-10) ~ 0 -> (4 - 0.5) / 2 = 1.75
+    assert out[0, :3].tolist() == pytest.approx(expected, rel=1e-6)
+    assert out[1, 0].item() == pytest.approx(1.75, rel=1e-6)
+    assert out[0, 3].item() == 0.0 and out[1, 1:].tolist() == [0.0, 0.0, 0.0]
+
+
+def test_location_normalize_sigma_floor():
+    # a_sigma ln(p) + b_sigma with p = 1/4: 1.0 * ln(0.25) + 0.5 = -0.886 < 0 -> floored at 0.01
+    coef = {"a_mu": 0.0, "b_mu": 0.0, "a_sigma": 1.0, "b_sigma": 0.5}
+    seg = T([[1.0, 1.0, 1.0, 1.0]])
+    out = ops.location_normalize(seg, M([[1, 1, 1, 1]]), coef)
+    assert out[0, 0].item() == pytest.approx(1.0 / 1e-2)
+    assert out[0, 3].item() == pytest.approx(1.0 / 0.5)  # p = 1: sigma = 0.5
+    assert ops.location_normalize(seg, M([[1, 1, 1, 1]]), coef, sigma_floor=0.1)[0, 0].item() == pytest.approx(10.0)
+
+
+def test_spread_modes():
+    ids = torch.tensor([[0, 1, 1, 1, 2, 2, 2, 2, -1]])
+    seg = T([[0.5, 1.4, 1.6]])
+    # the paper's worked example: 0.5 | 1.4 / 3 x3 ... here L = 1, 3, 4
+    even = ops.spread_segment_rewards(seg, ids, "even")
+    assert even[0].tolist() == pytest.approx([0.5, 1.4 / 3, 1.4 / 3, 1.4 / 3, 0.4, 0.4, 0.4, 0.4, 0.0])
+    assert ops.spread_segment_rewards(seg, ids, "end")[0].tolist() == pytest.approx(
+        [0.5, 0, 0, 1.4, 0, 0, 0, 1.6, 0]
+    )
+    assert ops.spread_segment_rewards(seg, ids, "repeat")[0].tolist() == pytest.approx(
+        [0.5, 1.4, 1.4, 1.4, 1.6, 1.6, 1.6, 1.6, 0]
+    )
+    # even spreading preserves each segment's total
+    assert even.sum().item() == pytest.approx(0.5 + 1.4 + 1.6)
+
+
+def test_fit_location_normalizer_buckets_and_huber():
+    # p = 1/3 (0.333) and 2/3 (0.667) and 1: rewards chosen so the buckets lie exactly on lines
+    p = np.array([1 / 3, 1 / 3, 2 / 3, 2 / 3, 1.0, 1.0])
+    a_mu, b_mu, a_s, b_s = 2.0, 1.0, 0.5, 1.5
+    xs = np.log(np.array([0.333, 0.333, 0.667, 0.667, 1.0, 1.0]) + 1e-10)
+    # each bucket: mean = a_mu x + b_mu, population std = a_s x + b_s -> values mean +- std
+    mean, std = a_mu * xs + b_mu, a_s * xs + b_s
+    r = mean + std * np.array([1, -1, 1, -1, 1, -1])
+    buckets = ops.location_buckets(p, r)
+    assert buckets.locations.tolist() == [0.333, 0.667, 1.0]
+    assert buckets.counts.tolist() == [2, 2, 2]
+    assert buckets.stds == pytest.approx(a_s * np.log(buckets.locations + 1e-10) + b_s)
+    coef = ops.fit_location_normalizer(p, r)
+    # exactly collinear points: the Huber fit recovers the lines (up to its tiny L2 penalty alpha=1e-4)
+    assert coef.a_mu == pytest.approx(a_mu, abs=1e-3) and coef.b_mu == pytest.approx(b_mu, abs=1e-3)
+    assert coef.a_sigma == pytest.approx(a_s, abs=1e-3) and coef.b_sigma == pytest.approx(b_s, abs=1e-3)
+
+
+def test_fit_location_normalizer_rounds_like_string_format():
+    # 0.0005 is stored slightly above 5e-4, so f"{p:.3f}" gives 0.001 (numpy's round would give 0.0)
+    buckets = ops.location_buckets([0.0005, 0.001, 1.0], [1.0, 3.0, 0.0])
+    assert buckets.locations.tolist() == [0.001, 1.0]
+    assert buckets.means.tolist() == [2.0, 0.0] and buckets.stds.tolist() == [1.0, 0.0]
+
+
+def test_fit_is_robust_to_an_outlier_bucket():
+    # 20 buckets on the line 1.5 ln p + 0.2, each with spread +-0.1 (population std 0.1), one bucket +50.
+    p = np.repeat(np.arange(1, 21) / 20, 4)
+    r = 1.5 * np.log(p + 1e-10) + 0.2 + np.tile([0.1, -0.1, 0.1, -0.1], 20)
+    r[0:4] += 50.0
+    coef = ops.fit_location_normalizer(p, r)
+    # least squares would give a slope of about -6.9 here; Huber ignores the outlier
+    assert coef.a_mu == pytest.approx(1.5, abs=1e-3) and coef.b_mu == pytest.approx(0.2, abs=1e-3)
+    assert coef.a_sigma == pytest.approx(0.0, abs=1e-3) and coef.b_sigma == pytest.approx(0.1, abs=1e-3)
+
+
+def test_pipeline_composes_on_cuda_if_available():
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    e = torch.rand(4, 16, device=device) * 3
+    m = torch.arange(16, device=device).unsqueeze(0) < torch.tensor([[16], [5], [1], [0]], device=device)
+    ids = ops.entropy_segment_ids(e, m, 1.0)
+    seg, valid = ops.segment_end_values(torch.randn(4, 16, device=device), ids)
+    coef = ops.LocationNormalizerCoef(0.5, 0.1, 0.2, 1.0)
+    tok = ops.spread_segment_rewards(ops.location_normalize(seg, valid, coef), ids)
+    assert tok.device.type == device and tok.shape == (4, 16)
+    assert (tok[~(ids >= 0)] == 0).all()
