@@ -27,7 +27,7 @@ def as_mask(mask: torch.Tensor, name: str = "mask") -> torch.Tensor:
 
 def check_right_padded(mask: torch.Tensor, name: str) -> None:
     # Right-padded means no True after a False in a row: a valid token never follows padding.
-    if mask.shape[1] > 1 and bool((mask[:, 1:] & ~mask[:, :-1]).any()):
+    if mask.shape[1] > 1 and bool((mask[:, 1:] > mask[:, :-1]).any()):
         raise ValueError(f"`{name}` must be right-padded (True tokens first, then False padding in every row)")
 
 
@@ -46,7 +46,10 @@ def check_finite_where(values: torch.Tensor, where: torch.Tensor, name: str) -> 
     """Reject NaN / inf at valid positions (padding may hold anything)."""
     if not values.is_floating_point():
         raise ValueError(f"`{name}` must be a floating-point tensor, got {values.dtype}")
-    bad = ~torch.isfinite(values) & where
+    finite = torch.isfinite(values)
+    if bool(finite.all()):  # the common case: one pass, no mask arithmetic
+        return
+    bad = ~finite & where
     if bool(bad.any()):
         b, t = (int(i) for i in bad.nonzero()[0])
         raise ValueError(f"`{name}` contains NaN or inf at a valid position (first at [{b}, {t}]: {values[b, t].item()})")

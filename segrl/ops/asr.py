@@ -54,11 +54,11 @@ def _resolve_baseline(rewards: torch.Tensor, mask: torch.Tensor, baseline) -> to
         check_choice(baseline, "baseline", BASELINE_MODES)
         if baseline == "zero":
             return torch.zeros(batch, dtype=torch.float64, device=device)
-        masked = torch.where(mask, rewards, torch.zeros((), dtype=rewards.dtype, device=device)).double()
+        masked = torch.where(mask, rewards, 0.0)
         if baseline == "batch_mean":
-            value = masked.sum() / mask.sum().clamp(min=1)
+            value = masked.sum(dtype=torch.float64) / mask.sum().clamp(min=1)
             return value.expand(batch).clone()
-        return masked.sum(dim=1) / mask.sum(dim=1).clamp(min=1)
+        return masked.sum(dim=1, dtype=torch.float64) / mask.sum(dim=1).clamp(min=1)
     value = check_real(baseline, "baseline")
     return torch.full((batch,), value, dtype=torch.float64, device=device)
 
@@ -99,13 +99,12 @@ def hysteresis_states(rewards: torch.Tensor, mask: torch.Tensor, baseline, delta
 
 def _hysteresis_states(rewards: torch.Tensor, mask: torch.Tensor, b: torch.Tensor, delta: float) -> torch.Tensor:
     # b is float64 (B, 1): comparisons promote to double, so float32 rewards are compared exactly.
-    above = (rewards > b + delta) & mask
-    below = (rewards < b - delta) & mask
-    sign = above.long() - below.long()
-    positions = torch.arange(rewards.shape[1], device=rewards.device).expand_as(sign)
-    last_exit = torch.where(above | below, positions, torch.full_like(positions, -1)).cummax(dim=1).values
-    states = sign.gather(1, last_exit.clamp(min=0))
-    return torch.where(mask & (last_exit >= 0), states, torch.zeros_like(states))
+    sign = ((rewards > b + delta) & mask).to(torch.int8) - ((rewards < b - delta) & mask).to(torch.int8)
+    positions = torch.arange(rewards.shape[1], device=rewards.device).expand(sign.shape)
+    # Index of the last token <= t that left the band. Where none did, index 0 is used, whose sign is
+    # then 0 ("undecided") unless token 0 itself left the band, so no -1 sentinel is needed.
+    last_exit = torch.where(sign != 0, positions, 0).cummax(dim=1).values
+    return (sign.gather(1, last_exit) * mask).long()
 
 
 def segment_ids_from_states(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -123,7 +122,7 @@ def segment_ids_from_states(states: torch.Tensor, mask: torch.Tensor) -> torch.T
     """
     mask = as_mask(mask)
     check_same_shape(states, "states", mask, "mask")
-    if states.is_floating_point() or states.dtype == torch.bool:
+    if states.is_floating_point() or states.is_complex() or states.dtype == torch.bool:
         raise ValueError(f"`states` must be an integer tensor with values in {{-1, 0, 1}}, got dtype {states.dtype}")
     if not bool(((states >= -1) & (states <= 1)).all()):
         raise ValueError("`states` must only contain -1, 0 and +1")
@@ -180,6 +179,11 @@ def asr_segments(
     empty: str = "full",
 ) -> ASRResult:
     """:func:`asr_mask` plus its intermediate states, segments and fallback flags (same arguments)."""
+    keep, fallback, states, b, mask = _asr_keep(rewards, mask, seq_sign, baseline, delta, neutral, empty)
+    return ASRResult(keep, states, _run_ids(states, mask), b, fallback)
+
+
+def _asr_keep(rewards, mask, seq_sign, baseline, delta, neutral, empty):
     rewards, mask = _checked_rewards(rewards, mask)
     _validate_policies(neutral, empty)
     delta = check_real(delta, "delta", minimum=0.0)
@@ -187,7 +191,7 @@ def asr_segments(
     b = _resolve_baseline(rewards, mask, baseline)
     states = _hysteresis_states(rewards, mask, b.unsqueeze(1), delta)
     keep, fallback = _keep_by_state(states, mask, sign, neutral, empty)
-    return ASRResult(keep, states, _run_ids(states, mask), b, fallback)
+    return keep, fallback, states, b, mask
 
 
 def asr_mask(
@@ -217,9 +221,7 @@ def asr_mask(
     Returns:
         BoolTensor of shape (B, T), False at padding.
     """
-    return asr_segments(
-        rewards, mask, seq_sign, baseline=baseline, delta=delta, neutral=neutral, empty=empty
-    ).keep
+    return _asr_keep(rewards, mask, seq_sign, baseline, delta, neutral, empty)[0]
 
 
 def tokenwise_mask(
