@@ -23,6 +23,7 @@ from .normalizer import (
     location_buckets,
     segment_locations,
 )
+from .ppo import gae_advantages, masked_mean, masked_whiten, ppo_policy_loss, ppo_value_loss, shaped_rewards
 from .segments import (
     entropy_segment_ids,
     location_normalize,
@@ -39,6 +40,12 @@ __all__ = [
     "asr_segments",
     "entropy_segment_ids",
     "fit_location_normalizer",
+    "gae_advantages",
+    "masked_mean",
+    "masked_whiten",
+    "ppo_policy_loss",
+    "ppo_value_loss",
+    "shaped_rewards",
     "hysteresis_states",
     "location_buckets",
     "location_normalize",
