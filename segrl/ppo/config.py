@@ -1,0 +1,85 @@
+"""Configuration of the dense-reward PPO trainer. Defaults follow SPEC §3 / the published runs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class SegmentPPOConfig:
+    """Dense-reward PPO with a critic (arXiv 2501.02790) and the optional ASR policy mask (arXiv 2411.00809)."""
+
+    output_dir: str = field(default="runs/ppo", metadata={"help": "Where checkpoints, logs and the final policy go."})
+    policy: str = field(default="", metadata={"help": "SFT policy: hub id or local path."})
+    reward_model: str = field(default="", metadata={"help": "Segment reward model (segrl train-rm output): hub id or path."})
+    reference_model: str | None = field(
+        default=None, metadata={"help": "Frozen reference for the KL term and entropy segmentation (default: the policy)."}
+    )
+    critic_init: str = field(
+        default="policy", metadata={"help": "Initialise the critic from the 'policy' (fresh head) or the 'reward_model'."}
+    )
+    dataset: str = field(default="", metadata={"help": "Prompts: hub id or local JSONL/parquet with a 'prompt' column."})
+    dataset_split: str = field(default="train", metadata={"help": "Split to read prompts from."})
+    segment_threshold: float | None = field(
+        default=None,
+        metadata={"help": "Entropy threshold c for the arm: inf bandit, 0 token, else segment (default: the RM's own)."},
+    )
+    spread_mode: str = field(default="even", metadata={"help": "Spread segment rewards: even | end | repeat."})
+    num_iterations: int = field(default=100, metadata={"help": "Rollout-and-update iterations."})
+    rollout_batch_size: int = field(default=16, metadata={"help": "Prompts per rollout, per process."})
+    mini_batch_size: int = field(default=4, metadata={"help": "Rollouts per optimiser step, per process."})
+    ppo_epochs: int = field(default=1, metadata={"help": "Passes over each rollout batch."})
+    max_prompt_length: int = field(default=128, metadata={"help": "Prompts are left-truncated to this many tokens."})
+    max_new_tokens: int = field(default=64, metadata={"help": "Generation budget; a response without EOS is truncated."})
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature (also used for log-probs)."})
+    top_k: int = field(default=0, metadata={"help": "Top-k sampling (0 = off)."})
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling."})
+    missing_eos_penalty: float | None = field(
+        default=None, metadata={"help": "Subtracted from the last token's reward of responses that hit max_new_tokens."}
+    )
+    learning_rate: float = field(default=5e-7, metadata={"help": "Policy learning rate (published: 5e-7)."})
+    critic_learning_rate: float = field(default=9e-6, metadata={"help": "Critic learning rate (published: 9e-6)."})
+    adam_betas: tuple[float, float] = field(default=(0.9, 0.95), metadata={"help": "Adam betas."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping for policy and critic."})
+    kl_coef: float = field(default=0.01, metadata={"help": "beta of the k1 KL penalty in the per-token reward."})
+    reward_clamp: float = field(default=10.0, metadata={"help": "Per-token rewards are clamped to +-this before the KL."})
+    gamma: float = field(default=1.0, metadata={"help": "GAE discount."})
+    lam: float = field(default=0.95, metadata={"help": "GAE lambda."})
+    cliprange: float = field(default=0.2, metadata={"help": "PPO ratio clip epsilon."})
+    cliprange_value: float = field(default=0.2, metadata={"help": "Value clip (the paper's dense runs used 0.25)."})
+    vf_coef: float = field(default=1.0, metadata={"help": "Weight of the value loss (the critic has its own optimiser)."})
+    sigma_floor: float = field(default=1e-2, metadata={"help": "Floor of sigma(p) in the location normaliser."})
+    asr: bool = field(default=False, metadata={"help": "ASR-PPO: mask the policy loss to segments agreeing in sign."})
+    asr_signal: str = field(
+        default="token_rewards", metadata={"help": "Token signal for the ASR mask: 'token_rewards' or critic 'values'."}
+    )
+    asr_baseline: str = field(default="batch_mean", metadata={"help": "batch_mean | sequence_mean | zero | a number."})
+    asr_delta: float = field(default=0.0, metadata={"help": "ASR hysteresis half-width."})
+    asr_neutral: str = field(default="drop", metadata={"help": "drop | keep undecided tokens."})
+    asr_empty: str = field(default="full", metadata={"help": "full | none for rows whose ASR mask is empty."})
+    seed: int = field(default=42, metadata={"help": "Seed for prompts order, sampling and heads."})
+    logging_steps: int = field(default=1, metadata={"help": "Log every N iterations."})
+    save_steps: int = field(default=0, metadata={"help": "Checkpoint every N iterations (0 = only at the end)."})
+    resume_from_checkpoint: str | None = field(
+        default=None, metadata={"help": "A checkpoint directory, or 'latest' for the newest one in output_dir."}
+    )
+    report_to: str = field(default="none", metadata={"help": "none | tensorboard | wandb (through accelerate trackers)."})
+    use_cpu: bool = field(default=False, metadata={"help": "Force CPU even if an accelerator is present."})
+
+    def __post_init__(self):
+        if self.critic_init not in ("policy", "reward_model"):
+            raise ValueError(f"`critic_init` must be 'policy' or 'reward_model', got {self.critic_init!r}")
+        if self.asr_signal not in ("token_rewards", "values"):
+            raise ValueError(f"`asr_signal` must be 'token_rewards' or 'values', got {self.asr_signal!r}")
+        if self.rollout_batch_size % self.mini_batch_size:
+            raise ValueError(
+                f"`rollout_batch_size` ({self.rollout_batch_size}) must be a multiple of "
+                f"`mini_batch_size` ({self.mini_batch_size})"
+            )
+        if isinstance(self.asr_baseline, str) and self.asr_baseline not in ("batch_mean", "sequence_mean", "zero"):
+            try:
+                self.asr_baseline = float(self.asr_baseline)
+            except ValueError:
+                raise ValueError(
+                    f"`asr_baseline` must be batch_mean | sequence_mean | zero | a number, got {self.asr_baseline!r}"
+                ) from None

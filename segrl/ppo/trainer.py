@@ -1,0 +1,332 @@
+"""Dense-reward PPO with a critic, on accelerate (arXiv 2501.02790 §3; ASR-PPO from arXiv 2411.00809).
+
+TRL 1.16 has no PPO trainer that accepts per-token rewards (``trl.experimental.ppo`` is gone and
+only ever added a scalar at EOS), so this is a short loop in CleanRL's style: ``train()`` reads top
+to bottom in the paper's order -- rollout, rewards, GAE, whitening, clipped updates -- and the
+maths lives in :mod:`segrl.ops`. TRL/transformers utilities do the log-probs and entropies.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from trl.trainer.utils import disable_dropout_in_model, entropy_from_logits, selective_log_softmax
+
+from segrl import ops
+
+from .config import SegmentPPOConfig
+from .rewards import SegmentRewardSource
+
+
+def forward_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Logits (or per-position values) for left-padded prompts + right-padded responses."""
+    position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
+    return model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False).logits
+
+
+def response_mask_from(responses: torch.Tensor, eos_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Valid response tokens: up to and including the first EOS; no EOS means truncated.
+
+    Returns ``(mask (B, T) bool, truncated (B,) bool)``. A truncated row keeps all its tokens and its
+    last one plays the EOS role in segmentation (SPEC §2), as upstream OpenRLHF does.
+    """
+    is_eos = responses == eos_token_id
+    after_eos = (is_eos.long().cumsum(dim=1) - is_eos.long()) > 0
+    # generate() pads rows after their EOS; a pad id sampled before EOS is an ordinary token
+    return ~after_eos, ~is_eos.any(dim=1)
+
+
+class SegmentPPOTrainer:
+    """PPO over dense segment rewards: bandit / token / segment arms from one code path, optional ASR mask.
+
+    Args:
+        args: :class:`SegmentPPOConfig`.
+        policy: causal LM to train.
+        ref_model: frozen reference causal LM (KL term and entropy segmentation).
+        critic: a model whose ``.logits`` has shape (B, L, 1), e.g. ``AutoModelForTokenClassification(num_labels=1)``.
+        reward_source: :class:`SegmentRewardSource` (per-position scorer + threshold + normaliser).
+        tokenizer: shared by all models.
+        prompts: prompt strings, or conversations (lists of messages) rendered with the chat template.
+    """
+
+    def __init__(self, args: SegmentPPOConfig, *, policy, ref_model, critic, reward_source: SegmentRewardSource,
+                 tokenizer, prompts, accelerator: Accelerator | None = None):
+        self.args = args
+        self.tokenizer = tokenizer
+        if tokenizer.pad_token_id is None:
+            raise ValueError("`tokenizer` has no pad token; set tokenizer.pad_token before training")
+        vocab = len(tokenizer)
+        for name, model in (("policy", policy), ("ref_model", ref_model)):
+            if model.get_input_embeddings().num_embeddings < vocab:
+                raise ValueError(f"`{name}` has fewer embeddings than the tokenizer has tokens ({vocab}): tokenizer mismatch")
+        self.accelerator = accelerator or Accelerator(
+            cpu=args.use_cpu, log_with=None if args.report_to == "none" else args.report_to, project_dir=args.output_dir
+        )
+        set_seed(args.seed)
+        self.prompt_ids = self._tokenize_prompts(prompts)
+        # Dropout would make the PPO ratio compare two different networks (TRL and OpenRLHF disable it too);
+        # transformers' token-classification heads default to dropout 0.1.
+        for model in (policy, ref_model, critic):
+            disable_dropout_in_model(model)
+        opt_p = torch.optim.AdamW(policy.parameters(), lr=args.learning_rate, betas=args.adam_betas, weight_decay=0.0)
+        opt_c = torch.optim.AdamW(critic.parameters(), lr=args.critic_learning_rate, betas=args.adam_betas, weight_decay=0.0)
+        self.policy, self.critic, self.opt_policy, self.opt_critic = self.accelerator.prepare(policy, critic, opt_p, opt_c)
+        self.ref_model = ref_model.to(self.accelerator.device).eval().requires_grad_(False)
+        self.reward_source = reward_source
+        self.iteration = 0
+        self.history: list[dict] = []
+
+    # ------------------------------------------------------------------ data
+    def _tokenize_prompts(self, prompts) -> list[list[int]]:
+        if len(prompts) == 0:
+            raise ValueError("`prompts` is empty")
+        ids = []
+        for i, prompt in enumerate(prompts):
+            if isinstance(prompt, str):
+                row = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            else:
+                row = self.tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True)
+                row = row["input_ids"] if isinstance(row, dict) else list(row)
+            if not row:
+                raise ValueError(f"`prompts[{i}]` is empty after tokenisation")
+            ids.append(row[-self.args.max_prompt_length:])
+        return ids
+
+    def _prompt_batch(self, iteration: int) -> list[list[int]]:
+        """Prompts for an iteration: a function of (seed, iteration, rank) only, so a resumed run sees the same ones."""
+        per_step = self.args.rollout_batch_size * self.accelerator.num_processes
+        n = len(self.prompt_ids)
+        start = iteration * per_step + self.accelerator.process_index * self.args.rollout_batch_size
+        out = []
+        for k in range(start, start + self.args.rollout_batch_size):
+            epoch, pos = divmod(k, n)
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.args.seed + epoch))
+            out.append(self.prompt_ids[int(order[pos])])
+        return out
+
+    def _left_pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(map(len, rows))
+        pad = self.tokenizer.pad_token_id
+        ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=self.accelerator.device)
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=self.accelerator.device)
+        return ids, mask
+
+    # ------------------------------------------------------------------ rollout
+    def _logprobs(self, model, query_responses, attention_mask, context_length, responses, *, with_entropy=False):
+        logits = forward_logits(model, query_responses, attention_mask)[:, context_length - 1 : -1].float()
+        logprobs = selective_log_softmax(logits / self.args.temperature, responses)
+        # segmentation entropy is the reference's own distribution (temperature 1), in fp32 over the full vocab
+        return (logprobs, entropy_from_logits(logits)) if with_entropy else logprobs
+
+    @torch.no_grad()
+    def rollout(self, prompt_rows: list[list[int]]) -> dict[str, torch.Tensor]:
+        """Generate, score and compute everything the update needs. All (B, T) over response tokens."""
+        args, tok = self.args, self.tokenizer
+        prompts, prompt_mask = self._left_pad(prompt_rows)
+        context_length = prompts.shape[1]
+        policy = self.accelerator.unwrap_model(self.policy)
+        self.policy.eval()
+        self.critic.eval()
+        generated = policy.generate(
+            input_ids=prompts, attention_mask=prompt_mask, max_new_tokens=args.max_new_tokens, do_sample=True,
+            temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+            pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+        )
+        responses = generated[:, context_length:]
+        response_mask, truncated = response_mask_from(responses, tok.eos_token_id)
+        if responses.shape[1] == 0 or not bool(response_mask.any()):
+            raise RuntimeError("generation produced no response tokens; check max_new_tokens and the EOS token")
+        width = int(response_mask.sum(dim=1).max())
+        responses, response_mask = responses[:, :width], response_mask[:, :width]
+        responses = responses.masked_fill(~response_mask, tok.pad_token_id)
+        query_responses = torch.cat([prompts, responses], dim=1)
+        attention_mask = torch.cat([prompt_mask.bool(), response_mask], dim=1).long()
+
+        logprobs = self._logprobs(self.policy, query_responses, attention_mask, context_length, responses)
+        ref_logprobs, ref_entropy = self._logprobs(
+            self.ref_model, query_responses, attention_mask, context_length, responses, with_entropy=True
+        )
+        values = forward_logits(self.critic, query_responses, attention_mask)[:, context_length - 1 : -1, 0].float()
+        dense = self.reward_source(query_responses, attention_mask, context_length, response_mask, ref_entropy)
+
+        token_rewards = dense.token_rewards
+        if args.missing_eos_penalty is not None:
+            last = (response_mask.sum(dim=1) - 1).clamp(min=0)
+            penalty = torch.zeros_like(token_rewards).scatter_(
+                1, last.unsqueeze(1), (truncated.float() * args.missing_eos_penalty).unsqueeze(1)
+            )
+            token_rewards = token_rewards - penalty
+        rewards, kl = ops.shaped_rewards(
+            token_rewards, logprobs, ref_logprobs, response_mask, kl_coef=args.kl_coef, clamp=args.reward_clamp
+        )
+        advantages, returns = ops.gae_advantages(rewards, values, response_mask, gamma=args.gamma, lam=args.lam)
+        advantages = self._global_whiten(advantages, response_mask)
+
+        loss_mask, fallbacks = response_mask, torch.zeros((), device=rewards.device)
+        if args.asr:
+            seq = dense.seq_rewards
+            seq_sign = torch.where(seq >= self._global_mean(seq), 1, -1)  # ties -> +1 (SPEC §1)
+            signal = token_rewards if args.asr_signal == "token_rewards" else values
+            res = ops.asr_segments(
+                signal, response_mask, seq_sign, baseline=args.asr_baseline, delta=args.asr_delta,
+                neutral=args.asr_neutral, empty=args.asr_empty,
+            )
+            loss_mask, fallbacks = res.keep, res.fallback.sum().float()
+        return {
+            "query_responses": query_responses, "attention_mask": attention_mask, "responses": responses,
+            "context_length": torch.tensor(context_length), "response_mask": response_mask, "loss_mask": loss_mask,
+            "logprobs": logprobs, "ref_logprobs": ref_logprobs, "values": values, "advantages": advantages,
+            "returns": returns, "rewards": rewards, "kl": kl, "seq_rewards": dense.seq_rewards,
+            "segment_ids": dense.segment_ids, "token_rewards": token_rewards, "truncated": truncated,
+            "fallbacks": fallbacks,
+        }
+
+    def _global_mean(self, x: torch.Tensor) -> torch.Tensor:
+        total = self.accelerator.reduce(torch.stack([x.sum(), torch.tensor(float(x.numel()), device=x.device)]), "sum")
+        return total[0] / total[1]
+
+    def _global_whiten(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Whiten over the valid tokens of the whole rollout batch, across all processes."""
+        m = mask.to(x.dtype)
+        s = self.accelerator.reduce(torch.stack([(x * m).sum(), m.sum(), (x * x * m).sum()]), "sum")
+        count = s[1].clamp(min=1)
+        mean = s[0] / count
+        var = (s[2] / count - mean**2).clamp(min=0)
+        return (x - mean) * torch.rsqrt(var + 1e-8) * m
+
+    # ------------------------------------------------------------------ update
+    def update(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        """PPO epochs over the rollout in mini-batches: clipped surrogate + clipped value loss."""
+        args, acc = self.args, self.accelerator
+        context_length = int(batch["context_length"])
+        self.policy.train()
+        self.critic.train()
+        stats: dict[str, list[float]] = {"policy_loss": [], "value_loss": [], "clipfrac": [], "approx_kl": []}
+        n = batch["responses"].shape[0]
+        for epoch in range(args.ppo_epochs):
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(args.seed * 1000 + self.iteration * 10 + epoch))
+            for start in range(0, n, args.mini_batch_size):
+                idx = order[start : start + args.mini_batch_size].to(acc.device)
+                mb = {k: v[idx] for k, v in batch.items() if v.dim() > 0 and v.shape[0] == n}
+                logprobs = self._logprobs(self.policy, mb["query_responses"], mb["attention_mask"], context_length,
+                                          mb["responses"])
+                policy_loss, pstats = ops.ppo_policy_loss(
+                    logprobs, mb["logprobs"], mb["advantages"], mb["loss_mask"], clip=args.cliprange
+                )
+                self.opt_policy.zero_grad(set_to_none=True)
+                acc.backward(policy_loss)
+                acc.clip_grad_norm_(self.policy.parameters(), args.max_grad_norm)
+                self.opt_policy.step()
+
+                values = forward_logits(self.critic, mb["query_responses"], mb["attention_mask"])
+                values = values[:, context_length - 1 : -1, 0].float()
+                value_loss = ops.ppo_value_loss(
+                    values, mb["values"], mb["returns"], mb["response_mask"], clip=args.cliprange_value
+                )
+                self.opt_critic.zero_grad(set_to_none=True)
+                acc.backward(args.vf_coef * value_loss)
+                acc.clip_grad_norm_(self.critic.parameters(), args.max_grad_norm)
+                self.opt_critic.step()
+
+                stats["policy_loss"].append(policy_loss.item())
+                stats["value_loss"].append(value_loss.item())
+                stats["clipfrac"].append(pstats["clipfrac"].item())
+                stats["approx_kl"].append(pstats["approx_kl"].item())
+        return {k: sum(v) / len(v) for k, v in stats.items()}
+
+    # ------------------------------------------------------------------ metrics
+    def _rollout_metrics(self, b: dict[str, torch.Tensor]) -> dict[str, float]:
+        mask, seg = b["response_mask"], b["segment_ids"]
+        n_seg = ops.segment_counts(seg).float()
+        seg_tokens = (seg >= 0).sum(dim=1).float()
+        local = {
+            "reward": b["seq_rewards"].mean(),
+            "token_reward_sum": b["token_rewards"].sum(dim=1).mean(),
+            "kl": b["kl"].sum(dim=1).mean(),
+            "response_length": mask.sum(dim=1).float().mean(),
+            "truncated_fraction": b["truncated"].float().mean(),
+            "segments_per_response": n_seg.mean(),
+            "mean_segment_length": seg_tokens.sum() / n_seg.sum().clamp(min=1),
+            "kept_token_fraction": b["loss_mask"].sum() / mask.sum().clamp(min=1),
+            "asr_fallbacks": b["fallbacks"],
+        }
+        values = self.accelerator.reduce(torch.stack(list(local.values())).float(), "mean")
+        return {k: float(v) for k, v in zip(local, values)}
+
+    # ------------------------------------------------------------------ loop
+    def train(self) -> list[dict]:
+        """Run ``num_iterations`` rollout-and-update iterations, resuming first if asked."""
+        args, acc = self.args, self.accelerator
+        if args.resume_from_checkpoint:
+            self.load_checkpoint(args.resume_from_checkpoint)
+        if args.report_to != "none":
+            acc.init_trackers("segrl-ppo", config={k: str(v) for k, v in vars(args).items()})
+        columns = (TextColumn("[bold]PPO"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                   TextColumn("{task.description}"), TimeElapsedColumn())
+        with Progress(*columns, disable=not acc.is_main_process) as progress:
+            task = progress.add_task("", total=args.num_iterations, completed=self.iteration)
+            while self.iteration < args.num_iterations:
+                batch = self.rollout(self._prompt_batch(self.iteration))
+                metrics = self._rollout_metrics(batch)
+                metrics.update(self.update(batch))
+                self.iteration += 1
+                metrics["iteration"] = self.iteration
+                self.history.append(metrics)
+                if self.iteration % args.logging_steps == 0:
+                    self._log(metrics)
+                progress.update(task, advance=1, description=f"reward {metrics['reward']:+.3f} kl {metrics['kl']:.3f}")
+                if args.save_steps and self.iteration % args.save_steps == 0:
+                    self.save_checkpoint()
+        self.save_model(args.output_dir)
+        if args.report_to != "none":
+            acc.end_training()
+        return self.history
+
+    def _log(self, metrics: dict[str, float]) -> None:
+        if self.args.report_to != "none":
+            self.accelerator.log(metrics, step=self.iteration)
+        if self.accelerator.is_main_process:
+            Path(self.args.output_dir).mkdir(parents=True, exist_ok=True)
+            with open(Path(self.args.output_dir) / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(metrics) + "\n")
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self) -> Path:
+        """Models, optimisers and RNG states via accelerate, plus the iteration; written atomically."""
+        final = Path(self.args.output_dir) / f"checkpoint-{self.iteration}"
+        tmp = final.with_name(final.name + ".tmp")
+        self.accelerator.save_state(str(tmp))
+        if self.accelerator.is_main_process:
+            (tmp / "segrl_state.json").write_text(json.dumps({"iteration": self.iteration, "history": self.history}))
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)  # a run killed mid-save leaves only a .tmp, never a corrupt checkpoint
+        self.accelerator.wait_for_everyone()
+        return final
+
+    def load_checkpoint(self, path: str) -> None:
+        if path == "latest":
+            found = sorted(Path(self.args.output_dir).glob("checkpoint-*[0-9]"), key=lambda p: int(p.name.split("-")[1]))
+            if not found:
+                raise ValueError(f"`resume_from_checkpoint='latest'` but {self.args.output_dir} has no checkpoint")
+            path = str(found[-1])
+        state_file = Path(path) / "segrl_state.json"
+        if not state_file.exists():
+            raise ValueError(f"`resume_from_checkpoint` {path!r} is not a segrl PPO checkpoint (no segrl_state.json)")
+        self.accelerator.load_state(path)
+        state = json.loads(state_file.read_text())
+        self.iteration, self.history = state["iteration"], state["history"]
+
+    def save_model(self, output_dir: str) -> None:
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            self.accelerator.unwrap_model(self.policy).save_pretrained(output_dir)
+            self.tokenizer.save_pretrained(output_dir)
+            self.accelerator.unwrap_model(self.critic).save_pretrained(Path(output_dir) / "critic")
