@@ -43,7 +43,7 @@ def entropy_segment_ids(entropy: torch.Tensor, mask: torch.Tensor, threshold: fl
     region[:, :-1] = mask[:, 1:]
     check_finite_where(entropy, region, "entropy")
     starts = entropy > threshold
-    starts[:, 0] = True
+    starts[:, :1] = True  # a slice, so T = 0 works too
     ids = (starts & region).long().cumsum(dim=1) - 1
     return torch.where(region, ids, torch.full_like(ids, -1))
 
@@ -57,7 +57,7 @@ def _check_segment_ids(segment_ids: torch.Tensor, name: str = "segment_ids") -> 
     as_mask(inside, f"{name} >= 0")  # segments occupy a prefix of each row
     steps = segment_ids[:, 1:] - segment_ids[:, :-1]
     ordered = ((steps == 0) | (steps == 1)) | ~inside[:, 1:]
-    if bool((segment_ids < -1).any()) or not bool(ordered.all()) or bool((segment_ids[:, 0] > 0).any()):
+    if bool((segment_ids < -1).any()) or not bool(ordered.all()) or bool((segment_ids[:, :1] > 0).any()):
         raise ValueError(f"`{name}` must number segments 0, 1, ... in order along each row, with -1 only at the end")
     return segment_ids.long()
 
@@ -178,8 +178,10 @@ def spread_segment_rewards(seg_rewards: torch.Tensor, segment_ids: torch.Tensor,
     slot_valid = torch.arange(seg_rewards.shape[1], device=seg_rewards.device).unsqueeze(0) < counts.unsqueeze(1)
     check_finite_where(seg_rewards, slot_valid, "seg_rewards")
     inside = segment_ids >= 0
+    if seg_rewards.shape[1] == 0:  # no segment anywhere (checked above), so every token gets 0
+        return torch.zeros(segment_ids.shape, dtype=seg_rewards.dtype, device=seg_rewards.device)
     index = segment_ids.clamp(min=0)
-    per_token = seg_rewards.gather(1, index) if seg_rewards.shape[1] else torch.zeros_like(index, dtype=seg_rewards.dtype)
+    per_token = seg_rewards.gather(1, index)
     if mode == "even":
         lengths = torch.zeros_like(seg_rewards).scatter_add_(1, index, inside.to(seg_rewards.dtype))
         per_token = per_token / lengths.gather(1, index).clamp(min=1)
