@@ -1,0 +1,36 @@
+"""Tiny offline models, tokenizer and data for tests, benchmarks and the demo.
+
+Everything is built locally (no Hub access). Attributes are imported lazily so that the data
+helpers (:func:`load_tiny_prefs`, ...) do not import transformers.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "build_tiny_tokenizer": "segrl.models.tiny",
+    "build_tiny_causal_lm": "segrl.models.tiny",
+    "make_tiny_model_dir": "segrl.models.tiny",
+    "make_tiny_pair": "segrl.models.tiny",
+    "TinyPair": "segrl.models.tiny",
+    "SPECIAL_TOKENS": "segrl.models.tiny",
+    "CHATML_TEMPLATE": "segrl.models.tiny",
+    "load_tiny_corpus": "segrl.models.tiny_data",
+    "load_tiny_prefs": "segrl.models.tiny_data",
+    "make_arithmetic_prefs": "segrl.models.tiny_data",
+    "make_tiny_corpus": "segrl.models.tiny_data",
+    "step_correctness": "segrl.models.tiny_data",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'segrl.models' has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__
