@@ -15,7 +15,13 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("segrl.commands.demo", "end-to-end demo on the embedded tiny model and data"),
     "viz": ("segrl.commands.viz", "render token rewards / segments / masks as an HTML (and PNG) heat-map"),
+    "dpo": ("segrl.commands.dpo", "ASR-DPO on TRL (segment-masked DPO; --mask_type none is vanilla DPO)"),
+    "rs": ("segrl.commands.rs", "ASR rejection sampling: sample K, score with a segment RM, masked SFT on the best"),
     "make-tiny": ("segrl.commands.make_tiny", "build and save the tiny offline tokenizer + causal LMs"),
+    "train-rm": ("segrl.commands.train_rm", "train a segment-level reward model (c = 0 token, c = inf bandit)"),
+    "fit-norm": ("segrl.commands.fit_norm", "fit a segment RM's location-aware normaliser and save it with the RM"),
+    "eval-rm": ("segrl.commands.eval_rm", "pairwise accuracy of a segment RM on held-out preference pairs"),
+    "eval": ("segrl.commands.eval", "evaluate a causal LM: credit-assignment task, HumanEval, reasoning-gym, refusal"),
 }
 
 

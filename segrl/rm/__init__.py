@@ -1,0 +1,52 @@
+"""Segment-level reward model (arXiv 2501.02790, SPEC §2) on top of TRL's RewardTrainer.
+
+- :class:`SegmentRewardModel`: a trained RM with its threshold, reference model and normaliser;
+  ``score_tokens`` / ``score_token_ids`` give dense (B, T) token rewards.
+- :class:`SegmentRewardConfig` / :class:`SegmentRewardTrainer`: training (``c = inf`` is exactly
+  TRL's RewardTrainer, ``c = 0`` the token-level RM).
+- :func:`fit_normalizer`: the location-aware normaliser fit (``segrl fit-norm``).
+- :func:`evaluate_pairwise`: RewardBench-style pairwise accuracy (``segrl eval-rm``).
+
+Attributes are imported lazily so ``import segrl.rm`` does not import TRL.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "SegmentRewardModel": "segrl.rm.model",
+    "SegmentRMSettings": "segrl.rm.model",
+    "SegmentedResponses": "segrl.rm.model",
+    "per_position_values": "segrl.rm.model",
+    "parse_threshold": "segrl.rm.model",
+    "SegmentScores": "segrl.rm.scoring",
+    "segment_sequence_scores": "segrl.rm.scoring",
+    "gather_response_values": "segrl.rm.scoring",
+    "SegmentRewardConfig": "segrl.rm.trainer",
+    "SegmentRewardTrainer": "segrl.rm.trainer",
+    "DataCollatorForSegmentPreference": "segrl.rm.trainer",
+    "reference_entropy": "segrl.rm.entropy",
+    "add_entropy_columns": "segrl.rm.entropy",
+    "check_reference_vocab": "segrl.rm.entropy",
+    "load_preference_dataset": "segrl.rm.data",
+    "tokenize_preference_dataset": "segrl.rm.data",
+    "tokenize_preference_example": "segrl.rm.data",
+    "NormalizerFit": "segrl.rm.normalizer_fit",
+    "collect_segment_rewards": "segrl.rm.normalizer_fit",
+    "fit_normalizer": "segrl.rm.normalizer_fit",
+    "plot_normalizer_fit": "segrl.rm.normalizer_fit",
+    "evaluate_pairwise": "segrl.rm.evaluate",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'segrl.rm' has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__

@@ -1,0 +1,541 @@
+"""The segment reward model: a sequence-classification RM read at every position.
+
+The network is exactly what TRL's ``RewardTrainer`` trains: ``AutoModelForSequenceClassification``
+with ``num_labels=1`` on any causal-LM backbone. Those models (Llama, Qwen2, Mistral, GPT-2, ...)
+apply their ``score`` head to **every** position and then pool the last non-pad token; segrl keeps
+the per-position output (captured with a forward hook on the head, so the call still goes through
+DDP / DeepSpeed / PEFT wrappers and gradients stay synchronised) and reads it where SPEC §2 says.
+Reading it at EOS is the ordinary RM, so ``threshold = inf`` *is* TRL's RM.
+
+What the segment RM needs besides weights travels in ``config.json`` under ``"segment_rm"``:
+the threshold (``"inf"`` as a string: JSON has no infinity), the reference model it segments with,
+and the fitted location normaliser (or ``null``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from segrl.ops import LocationNormalizerCoef, location_normalize, spread_segment_rewards
+from segrl.rm.scoring import SegmentScores, gather_response_values, segment_sequence_scores
+
+__all__ = [
+    "CONFIG_KEY",
+    "SegmentRMSettings",
+    "SegmentRewardModel",
+    "SegmentedResponses",
+    "capture_per_position_values",
+    "find_score_head",
+    "parse_threshold",
+    "per_position_values",
+]
+
+CONFIG_KEY = "segment_rm"
+_FORMAT = 1
+
+
+def parse_threshold(value, name: str = "segment_threshold") -> float:
+    """A threshold from Python, YAML or JSON: a number >= 0, or ``inf`` (also ``"inf"``, ``None``)."""
+    if value is None:
+        return math.inf
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in {"inf", "+inf", "infinity", "none", "null", "bandit"}:
+            return math.inf
+        try:
+            value = float(text)
+        except ValueError as err:
+            raise ValueError(f"`{name}` must be a number >= 0 or 'inf', got {value!r}") from err
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"`{name}` must be a number >= 0 or 'inf', got {value!r}")
+    value = float(value)
+    if math.isnan(value) or value < 0:
+        raise ValueError(f"`{name}` must be >= 0 (0 = token-level, inf = bandit), got {value!r}")
+    return value
+
+
+@dataclass
+class SegmentRMSettings:
+    """The segment-RM fields stored in ``config.segment_rm``.
+
+    ``threshold`` is ``c`` (``math.inf`` for the bandit RM); ``reference_model`` the path / Hub id
+    of the frozen reference causal LM whose entropy cuts segments; ``normalizer`` the fitted
+    location normaliser or ``None``; ``sigma_floor`` the floor on ``sigma(p)``.
+    """
+
+    threshold: float = math.inf
+    reference_model: str | None = None
+    normalizer: LocationNormalizerCoef | None = None
+    sigma_floor: float = 1e-2
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "format": _FORMAT,
+            "threshold": "inf" if math.isinf(self.threshold) else float(self.threshold),
+            "reference_model": self.reference_model,
+            "normalizer": None if self.normalizer is None else self.normalizer.to_dict(),
+            "sigma_floor": float(self.sigma_floor),
+            **self.extra,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> SegmentRMSettings:
+        if data is None:
+            raise ValueError(
+                f"the model config has no `{CONFIG_KEY}` entry: it was not saved as a segment RM. Load it with "
+                "SegmentRewardModel(model, tokenizer, threshold=..., reference_model=...) instead"
+            )
+        data = dict(data)
+        known = {"format", "threshold", "reference_model", "normalizer", "sigma_floor"}
+        norm = data.get("normalizer")
+        return cls(
+            threshold=parse_threshold(data.get("threshold"), "segment_rm.threshold"),
+            reference_model=data.get("reference_model"),
+            normalizer=None if norm is None else LocationNormalizerCoef.from_dict(norm),
+            sigma_floor=float(data.get("sigma_floor", 1e-2)),
+            extra={k: v for k, v in data.items() if k not in known},
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# Per-position values
+# --------------------------------------------------------------------------------------------------
+
+
+def _unwrap(model):
+    # DDP / DeepSpeed engines keep the model in `.module`; PEFT models expose the base model.
+    while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
+        model = model.module
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
+    return model
+
+
+def find_score_head(model) -> torch.nn.Module:
+    """The linear head a sequence-classification model applies per position (``score``)."""
+    base = _unwrap(model)
+    head = getattr(base, "score", None)
+    if not isinstance(head, torch.nn.Module):
+        raise ValueError(
+            f"`model` ({type(base).__name__}) has no per-position `score` head; the segment RM needs an "
+            "AutoModelForSequenceClassification(num_labels=1) on a causal-LM backbone"
+        )
+    return head
+
+
+class _Captured:
+    values: torch.Tensor | None = None
+
+
+@contextmanager
+def capture_per_position_values(model):
+    """Context manager: while active, forward calls of ``model`` store the score head's output.
+
+    Yields an object whose ``.values`` is the last captured ``(B, L)`` tensor (part of the graph).
+    """
+    head = find_score_head(model)
+    captured = _Captured()
+
+    def hook(_module, _inputs, output):
+        captured.values = output
+
+    handle = head.register_forward_hook(hook)
+    try:
+        yield captured
+    finally:
+        handle.remove()
+    if captured.values is not None:
+        out = captured.values
+        if out.dim() != 3 or out.shape[-1] != 1:
+            raise ValueError(
+                f"the score head produced shape {tuple(out.shape)}; expected (B, L, 1) per-position scalars "
+                "(is num_labels == 1 and is the head applied before pooling?)"
+            )
+        captured.values = out.squeeze(-1)
+
+
+def per_position_values(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs):
+    """Run the RM once; return ``(values, outputs)``.
+
+    ``values``: the head's scalar at every position. Shape: (B, L). ``outputs``: the model's own
+    output, whose ``logits`` (B, 1) are the pooled (last non-pad token) scores.
+    """
+    with capture_per_position_values(model) as cap:
+        outputs = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs)
+    if cap.values is None or cap.values.shape != input_ids.shape:
+        raise ValueError("the score head was not applied at every position of `input_ids`")
+    return cap.values, outputs
+
+
+# --------------------------------------------------------------------------------------------------
+# The wrapper
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SegmentedResponses:
+    """Everything :meth:`SegmentRewardModel.segment_token_ids` computes, in the (B, T) layout.
+
+    Attributes:
+        values: RM value at every response token (fp32). Shape: (B, T).
+        entropy: reference entropy per response token (zeros for the bandit RM). Shape: (B, T).
+        mask: valid response tokens. Shape: (B, T).
+        segment_ids: Shape: (B, T). seg_rewards, seg_valid: Shape: (B, K_max). scores: Shape: (B,).
+    """
+
+    values: torch.Tensor
+    entropy: torch.Tensor
+    mask: torch.Tensor
+    segment_ids: torch.Tensor
+    seg_rewards: torch.Tensor
+    seg_valid: torch.Tensor
+    scores: torch.Tensor
+
+    @property
+    def num_segments(self) -> torch.Tensor:
+        return self.seg_valid.sum(dim=1)
+
+
+def _check_id_lists(prompt_ids, response_ids) -> None:
+    for name, value in (("prompt_ids", prompt_ids), ("response_ids", response_ids)):
+        if isinstance(value, torch.Tensor) or not isinstance(value, Sequence) or isinstance(value, str):
+            raise ValueError(f"`{name}` must be a list of lists of token ids")
+        for i, row in enumerate(value):
+            if isinstance(row, (str, bytes)) or not isinstance(row, Sequence) or not all(
+                isinstance(t, int) and not isinstance(t, bool) for t in row
+            ):
+                raise ValueError(f"`{name}[{i}]` must be a list of int token ids")
+    if len(prompt_ids) != len(response_ids):
+        raise ValueError(f"`prompt_ids` has {len(prompt_ids)} rows but `response_ids` has {len(response_ids)}")
+    if not response_ids:
+        raise ValueError("`response_ids` is empty; need at least one response")
+    empty = [i for i, r in enumerate(response_ids) if len(r) == 0]
+    if empty:
+        raise ValueError(f"`response_ids[{empty[0]}]` is empty; every response needs at least its EOS token")
+
+
+class SegmentRewardModel:
+    """A trained segment reward model with its threshold, reference model and normaliser.
+
+    Args:
+        model: ``AutoModelForSequenceClassification`` with ``num_labels=1`` (the trained RM).
+        tokenizer: its tokenizer (shared with the reference model).
+        threshold: segmentation threshold ``c``; ``math.inf`` is the ordinary (bandit) RM.
+        reference_model: path / Hub id of the frozen reference causal LM (or a loaded module).
+            Not needed, and never loaded, when ``threshold`` is inf.
+        normalizer: fitted :class:`~segrl.ops.LocationNormalizerCoef` (or mapping), or ``None``.
+        sigma_floor: floor on ``sigma(p)`` of the normaliser.
+
+    Scoring outputs follow SPEC §0: ``(B, T)`` over response tokens only, right-padded, on CPU in
+    fp32.
+    """
+
+    def __init__(self, model, tokenizer, *, threshold: float, reference_model=None, normalizer=None,
+                 sigma_floor: float = 1e-2):
+        if getattr(model.config, "num_labels", None) != 1:
+            raise ValueError("`model` must be a sequence-classification model with num_labels=1")
+        find_score_head(model)
+        self.model = model
+        self.tokenizer = tokenizer
+        self.threshold = parse_threshold(threshold, "threshold")
+        self._reference_module = reference_model if isinstance(reference_model, torch.nn.Module) else None
+        if self._reference_module is not None:
+            self.reference_model = getattr(reference_model.config, "_name_or_path", None) or None
+        else:
+            self.reference_model = None if reference_model is None else os.fspath(reference_model)
+        if normalizer is not None and not isinstance(normalizer, LocationNormalizerCoef):
+            normalizer = LocationNormalizerCoef.from_dict(
+                normalizer if isinstance(normalizer, dict) else {k: getattr(normalizer, k) for k in
+                                                                ("a_mu", "b_mu", "a_sigma", "b_sigma")}
+            )
+        self.normalizer: LocationNormalizerCoef | None = normalizer
+        self.sigma_floor = float(sigma_floor)
+        if self.tokenizer.pad_token_id is None and self.tokenizer.eos_token_id is None:
+            raise ValueError("`tokenizer` needs a pad or eos token to pad batches")
+
+    # ---------------------------------------------------------------- persistence
+
+    @property
+    def settings(self) -> SegmentRMSettings:
+        return SegmentRMSettings(self.threshold, self.reference_model, self.normalizer, self.sigma_floor)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @classmethod
+    def from_pretrained(cls, path, *, reference_model=None, device=None, dtype=torch.float32, **init_kwargs):
+        """Load a saved segment RM (a directory written by :meth:`save_pretrained` or by
+        ``SegmentRewardTrainer.save_model``). ``reference_model`` overrides the stored one (a path,
+        Hub id or module). PEFT adapter directories are merged into their base model on load.
+        """
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        path = os.fspath(path)
+        if os.path.isfile(os.path.join(path, "adapter_config.json")):
+            from peft import PeftConfig, PeftModel
+
+            base_id = PeftConfig.from_pretrained(path).base_model_name_or_path
+            base = AutoModelForSequenceClassification.from_pretrained(base_id, num_labels=1, dtype=dtype, **init_kwargs)
+            model = PeftModel.from_pretrained(base, path).merge_and_unload()
+        else:
+            model = AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype, **init_kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        settings = SegmentRMSettings.from_dict(getattr(model.config, CONFIG_KEY, None))
+        if device is not None:
+            model = model.to(device)
+        model.eval()
+        rm = cls(
+            model, tokenizer, threshold=settings.threshold,
+            reference_model=reference_model if reference_model is not None else settings.reference_model,
+            normalizer=settings.normalizer, sigma_floor=settings.sigma_floor,
+        )
+        rm._extra = settings.extra
+        return rm
+
+    @classmethod
+    def from_trainer(cls, trainer) -> SegmentRewardModel:
+        """Wrap a :class:`~segrl.rm.trainer.SegmentRewardTrainer`'s model (PEFT adapters merged into a copy)."""
+        import copy
+
+        model = _unwrap_for_save(trainer.accelerator.unwrap_model(trainer.model))
+        settings = SegmentRMSettings.from_dict(getattr(model.config, CONFIG_KEY, None))
+        if hasattr(model, "merge_and_unload"):
+            model = copy.deepcopy(model).merge_and_unload()
+        return cls(model, trainer.processing_class, threshold=settings.threshold,
+                   reference_model=settings.reference_model, normalizer=settings.normalizer,
+                   sigma_floor=settings.sigma_floor)
+
+    def save_pretrained(self, path, **kwargs) -> Path:
+        """Save model, tokenizer and the segment-RM settings (``config.segment_rm``)."""
+        path = Path(path)
+        setattr(self.model.config, CONFIG_KEY, self.settings.to_dict())
+        self.model.save_pretrained(path, **kwargs)
+        self.tokenizer.save_pretrained(path)
+        return path
+
+    @staticmethod
+    def write_normalizer(path, normalizer: LocationNormalizerCoef | None) -> None:
+        """Update only ``config.segment_rm.normalizer`` of a saved RM (weights untouched)."""
+        config_path = Path(path) / "config.json"
+        config = json.loads(config_path.read_text())
+        settings = SegmentRMSettings.from_dict(config.get(CONFIG_KEY))
+        settings.normalizer = normalizer
+        config[CONFIG_KEY] = settings.to_dict()
+        tmp = config_path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, config_path)
+
+    # ---------------------------------------------------------------- reference model
+
+    def load_reference(self):
+        """The frozen reference causal LM (loaded once, on the RM's device). Bandit RMs never need it."""
+        if self._reference_module is None:
+            from segrl.rm.entropy import check_reference_vocab, load_reference_model
+
+            if not self.reference_model:
+                raise ValueError(
+                    "`reference_model` is not set: a dense segment RM (finite threshold) needs the reference model "
+                    "it was trained with; pass reference_model=..."
+                )
+            ref = load_reference_model(self.reference_model, device=self.device)
+            ref_tok = _maybe_tokenizer(self.reference_model)
+            check_reference_vocab(self.tokenizer, ref, reward_model=self.model, reference_tokenizer=ref_tok)
+            self._reference_module = ref
+        else:
+            from segrl.rm.entropy import check_reference_vocab
+
+            check_reference_vocab(self.tokenizer, self._reference_module, reward_model=self.model)
+            self._reference_module.eval().requires_grad_(False)
+        return self._reference_module
+
+    # ---------------------------------------------------------------- scoring
+
+    @property
+    def pad_token_id(self) -> int:
+        tok = self.tokenizer
+        return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+
+    @torch.no_grad()
+    def segment_token_ids(self, prompt_ids, response_ids, *, batch_size: int = 8, entropy=None,
+                          progress: bool = False) -> SegmentedResponses:
+        """Run the RM (and, for a dense RM, the reference model) over tokenised responses.
+
+        Args:
+            prompt_ids: prompt token ids per row (may be empty).
+            response_ids: response token ids per row, at least one each; the last is treated as EOS
+                (include the EOS / end-of-turn token as TRL does).
+            batch_size: rows per forward pass.
+            entropy: optional precomputed reference entropies, one sequence per row of the
+                response's length (skips the reference forward pass).
+            progress: show a progress bar.
+
+        Returns:
+            :class:`SegmentedResponses` (fp32, CPU) with ``T`` the longest response.
+        """
+        _check_id_lists(prompt_ids, response_ids)
+        if batch_size < 1:
+            raise ValueError(f"`batch_size` must be >= 1, got {batch_size}")
+        n = len(response_ids)
+        if entropy is not None:
+            if len(entropy) != n or any(len(e) != len(r) for e, r in zip(entropy, response_ids)):
+                raise ValueError("`entropy` must have one value per response token of every row")
+        vocab = int(self.model.get_input_embeddings().weight.shape[0])
+        bad = [i for i, (p, r) in enumerate(zip(prompt_ids, response_ids))
+               if any(t < 0 or t >= vocab for t in [*p, *r])]
+        if bad:
+            raise ValueError(f"row {bad[0]} has token ids outside the model's vocabulary [0, {vocab})")
+        dense = not math.isinf(self.threshold)
+        ref = self.load_reference() if dense and entropy is None else None
+        t_max = max(len(r) for r in response_ids)
+        values = torch.zeros(n, t_max)
+        ent = torch.zeros(n, t_max)
+        mask = torch.zeros(n, t_max, dtype=torch.bool)
+        device = self.device
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            order = sorted(range(n), key=lambda i: len(prompt_ids[i]) + len(response_ids[i]), reverse=True)
+            for lo in _progress(range(0, n, batch_size), progress, "Scoring responses"):
+                rows = order[lo : lo + batch_size]
+                seqs = [list(prompt_ids[i]) + list(response_ids[i]) for i in rows]
+                plens = [len(prompt_ids[i]) for i in rows]
+                width = max(map(len, seqs))
+                ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
+                attn = torch.zeros((len(rows), width), dtype=torch.long)
+                for j, s in enumerate(seqs):
+                    ids[j, : len(s)] = torch.tensor(s)
+                    attn[j, : len(s)] = 1
+                vals, _ = per_position_values(self.model, ids.to(device), attn.to(device))
+                t_b = max(len(response_ids[i]) for i in rows)
+                resp = gather_response_values(vals.float(), torch.tensor(plens, device=device), t_b).cpu()
+                if ref is not None:
+                    from segrl.rm.entropy import reference_entropy
+
+                    rows_ent = reference_entropy(ref, seqs, plens, batch_size=len(rows), pad_token_id=self.pad_token_id)
+                for j, i in enumerate(rows):
+                    k = len(response_ids[i])
+                    values[i, :k] = resp[j, :k]
+                    mask[i, :k] = True
+                    if ref is not None:
+                        ent[i, :k] = rows_ent[j]
+                    elif entropy is not None:
+                        ent[i, :k] = torch.as_tensor(entropy[i], dtype=torch.float32)
+        finally:
+            self.model.train(was_training)
+        seg = segment_sequence_scores(values, ent if dense else None, mask, self.threshold)
+        return SegmentedResponses(values, ent, mask, seg.segment_ids, seg.seg_rewards, seg.seg_valid, seg.scores)
+
+    def normalized_segment_rewards(self, seg: SegmentedResponses | SegmentScores) -> torch.Tensor:
+        """Location-normalised segment rewards ``(r_k - mu(p_k)) / sigma(p_k)``. Shape: (B, K_max).
+
+        Raises ``ValueError`` if no normaliser has been fitted (never a silent identity).
+        """
+        if self.normalizer is None:
+            raise ValueError(
+                "this segment RM has no fitted location normaliser: run `segrl fit-norm` (or "
+                "segrl.rm.fit_normalizer) first, or pass normalize=False for raw segment rewards"
+            )
+        return location_normalize(seg.seg_rewards, seg.seg_valid, self.normalizer, sigma_floor=self.sigma_floor)
+
+    def score_token_ids(self, prompt_ids, response_ids, *, mode: str = "even", normalize: bool = True,
+                        batch_size: int = 8, return_segment_ids: bool = False, entropy=None, progress: bool = False):
+        """Dense token rewards for already-tokenised responses.
+
+        Segment rewards (normalised unless ``normalize=False``) spread over their tokens with
+        :func:`segrl.ops.spread_segment_rewards` (``mode`` ``"even"`` / ``"end"`` / ``"repeat"``).
+        The EOS of a dense RM and padding get 0. Token ``t`` of row ``b`` is ``response_ids[b][t]``.
+
+        Returns:
+            ``(rewards, mask)``, or ``(rewards, mask, segment_ids)`` with ``return_segment_ids``:
+            ``rewards`` fp32 Shape: (B, T); ``mask`` bool Shape: (B, T); ``segment_ids`` long Shape: (B, T).
+        """
+        seg = self.segment_token_ids(prompt_ids, response_ids, batch_size=batch_size, entropy=entropy,
+                                     progress=progress)
+        seg_rewards = self.normalized_segment_rewards(seg) if normalize else seg.seg_rewards
+        rewards = spread_segment_rewards(seg_rewards, seg.segment_ids, mode=mode)
+        return (rewards, seg.mask, seg.segment_ids) if return_segment_ids else (rewards, seg.mask)
+
+    def tokenize(self, prompts, responses) -> tuple[list[list[int]], list[list[int]]]:
+        """``(prompt_ids, response_ids)`` tokenised as in training (EOS appended to plain-text
+        responses; chat template for conversational ones)."""
+        from trl.data_utils import common_prefix_length
+
+        from segrl.rm.data import tokenize_completion
+
+        if isinstance(prompts, (str, bytes)) or isinstance(responses, (str, bytes)):
+            raise ValueError("`prompts` and `responses` must be lists (of strings or of chat-message lists)")
+        if len(prompts) != len(responses):
+            raise ValueError(f"`prompts` has {len(prompts)} items but `responses` has {len(responses)}")
+        p_out, r_out = [], []
+        for i, (prompt, response) in enumerate(zip(prompts, responses)):
+            if response is None or len(response) == 0:
+                raise ValueError(f"`responses[{i}]` is empty; every response needs at least one token")
+            if prompt is None:
+                raise ValueError(f"`prompts[{i}]` is None")
+            p_ids, full = tokenize_completion(self.tokenizer, prompt, response)
+            cut = common_prefix_length(p_ids, full)
+            if cut >= len(full):
+                raise ValueError(f"`responses[{i}]` tokenises to no response tokens")
+            p_out.append(full[:cut])
+            r_out.append(full[cut:])
+        return p_out, r_out
+
+    def score_tokens(self, prompts, responses, *, mode: str = "even", normalize: bool = True, batch_size: int = 8,
+                     return_segment_ids: bool = False, progress: bool = False):
+        """Dense token rewards for text (or chat-message) prompts and responses.
+
+        Tokenises with :meth:`tokenize` and calls :meth:`score_token_ids`. Returns ``(rewards, mask)``
+        (fp32 / bool, Shape: (B, T) over response tokens incl. EOS), plus ``segment_ids`` if asked.
+        """
+        prompt_ids, response_ids = self.tokenize(prompts, responses)
+        return self.score_token_ids(prompt_ids, response_ids, mode=mode, normalize=normalize, batch_size=batch_size,
+                                    return_segment_ids=return_segment_ids, progress=progress)
+
+    def segment_ids_for(self, prompts, responses, *, batch_size: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(segment_ids, mask)`` of text responses, e.g. for ``segrl viz``. Shape: (B, T) each."""
+        prompt_ids, response_ids = self.tokenize(prompts, responses)
+        seg = self.segment_token_ids(prompt_ids, response_ids, batch_size=batch_size)
+        return seg.segment_ids, seg.mask
+
+    def sequence_scores(self, prompt_ids, response_ids, *, batch_size: int = 8, progress: bool = False) -> torch.Tensor:
+        """The training score (mean segment reward) of each tokenised response. Shape: (B,)."""
+        return self.segment_token_ids(prompt_ids, response_ids, batch_size=batch_size, progress=progress).scores
+
+    def __repr__(self) -> str:
+        c = "inf" if math.isinf(self.threshold) else self.threshold
+        return (f"SegmentRewardModel({type(self.model).__name__}, threshold={c}, reference_model="
+                f"{self.reference_model!r}, normalizer={'fitted' if self.normalizer else None})")
+
+
+def _unwrap_for_save(model):
+    while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
+        model = model.module
+    return model
+
+
+def _maybe_tokenizer(name_or_path):
+    """The reference model's own tokenizer if its directory / repo has one, else ``None``."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(os.fspath(name_or_path))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def _progress(iterable, enabled: bool, desc: str):
+    if not enabled:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=desc)
