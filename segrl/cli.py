@@ -21,6 +21,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train-rm": ("segrl.commands.train_rm", "train a segment-level reward model (c = 0 token, c = inf bandit)"),
     "fit-norm": ("segrl.commands.fit_norm", "fit a segment RM's location-aware normaliser and save it with the RM"),
     "eval-rm": ("segrl.commands.eval_rm", "pairwise accuracy of a segment RM on held-out preference pairs"),
+    "ppo": ("segrl.commands.ppo", "dense-reward PPO with a critic on a segment RM (bandit/token/segment arm, ASR-PPO)"),
+    "grpo": ("segrl.commands.grpo", "critic-free variant: TRL GRPO with dense (B, T) segment advantages"),
     "eval": ("segrl.commands.eval", "evaluate a causal LM: credit-assignment task, HumanEval, reasoning-gym, refusal"),
 }
 

@@ -70,3 +70,39 @@ class SegmentRewardSource:
         seg_norm = ops.location_normalize(seg_raw, seg_valid, self.normalizer, sigma_floor=self.sigma_floor)
         token_rewards = ops.spread_segment_rewards(seg_norm, segment_ids, mode=self.spread_mode)
         return DenseRewards(token_rewards, seq_rewards, segment_ids)
+
+
+def reward_model_score_fn(rm_model) -> ScoreFn:
+    """Per-position scores of a segment RM (a ``*ForSequenceClassification`` with ``num_labels=1``).
+
+    Positions are passed explicitly so left-padded prompts score exactly like the right-padded
+    batches the RM was trained on.
+    """
+    from segrl.rm.model import per_position_values
+
+    def score(query_responses: torch.Tensor, attention_mask: torch.Tensor, context_length: int) -> torch.Tensor:
+        position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
+        values, _ = per_position_values(rm_model, query_responses, attention_mask, position_ids=position_ids)
+        return values
+
+    return score
+
+
+def source_from_reward_model(rm, *, threshold: float | None = None, spread_mode: str = "even") -> SegmentRewardSource:
+    """A :class:`SegmentRewardSource` from a loaded :class:`segrl.rm.SegmentRewardModel`.
+
+    ``threshold`` defaults to the RM's own; the normaliser is the RM's fitted one (an error if it
+    was never fitted, for every arm: the bandit arm needs its global mean/std too).
+    """
+    if rm.normalizer is None:
+        raise ValueError(
+            "the reward model has no fitted normaliser; run `segrl fit-norm` on it before PPO "
+            "(segrl never falls back to an identity normaliser)"
+        )
+    return SegmentRewardSource(
+        reward_model_score_fn(rm.model),
+        threshold=rm.threshold if threshold is None else threshold,
+        normalizer=rm.normalizer,
+        spread_mode=spread_mode,
+        sigma_floor=rm.sigma_floor,
+    )

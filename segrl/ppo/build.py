@@ -1,0 +1,59 @@
+"""Build a :class:`SegmentPPOTrainer` from a :class:`SegmentPPOConfig` (what ``segrl ppo`` runs)."""
+
+from __future__ import annotations
+
+import warnings
+
+from .config import SegmentPPOConfig
+from .rewards import source_from_reward_model
+from .trainer import SegmentPPOTrainer
+
+
+def load_prompts(name_or_path: str, split: str = "train", column: str = "prompt") -> list:
+    """Prompts from a local JSONL / JSON / parquet file or a Hub dataset id (a ``prompt`` column)."""
+    import os
+
+    from datasets import load_dataset
+
+    if not name_or_path:
+        raise ValueError("`dataset` is required: a .jsonl/.json/.parquet file or a Hub id with a 'prompt' column")
+    if os.path.exists(name_or_path):
+        kind = "parquet" if name_or_path.endswith(".parquet") else "json"
+        ds = load_dataset(kind, data_files=name_or_path, split="train")
+    else:
+        ds = load_dataset(name_or_path, split=split)
+    if column not in ds.column_names:
+        raise ValueError(f"`dataset` {name_or_path!r} has no {column!r} column (columns: {ds.column_names})")
+    return list(ds[column])
+
+
+def build_ppo_trainer(args: SegmentPPOConfig) -> SegmentPPOTrainer:
+    """Load policy, reference, critic and segment RM by hub id or path, and wire them together."""
+    from transformers import AutoModelForCausalLM, AutoModelForTokenClassification, AutoTokenizer
+
+    from segrl.rm.model import SegmentRewardModel
+
+    if not args.policy:
+        raise ValueError("`policy` is required (the SFT model: hub id or local path)")
+    if not args.reward_model:
+        raise ValueError("`reward_model` is required (a segment RM from `segrl train-rm` + `segrl fit-norm`)")
+    reference = args.reference_model or args.policy
+    tokenizer = AutoTokenizer.from_pretrained(args.policy)
+    rm = SegmentRewardModel.from_pretrained(args.reward_model)
+    if rm.tokenizer.get_vocab() != tokenizer.get_vocab():
+        raise ValueError("`reward_model` and `policy` use different tokenizers; segrl needs one shared tokenizer")
+    if rm.reference_model and rm.reference_model != reference:
+        warnings.warn(
+            f"the RM was trained with segments from {rm.reference_model!r} but PPO segments with {reference!r}; "
+            "pass --reference_model to use the same one",
+            stacklevel=2,
+        )
+    policy = AutoModelForCausalLM.from_pretrained(args.policy)
+    ref_model = AutoModelForCausalLM.from_pretrained(reference)
+    critic_path = args.policy if args.critic_init == "policy" else args.reward_model
+    critic = AutoModelForTokenClassification.from_pretrained(critic_path, num_labels=1)
+    source = source_from_reward_model(rm, threshold=args.segment_threshold, spread_mode=args.spread_mode)
+    return SegmentPPOTrainer(
+        args, policy=policy, ref_model=ref_model, critic=critic, reward_source=source, tokenizer=tokenizer,
+        prompts=load_prompts(args.dataset, args.dataset_split),
+    )
