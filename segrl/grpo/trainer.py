@@ -1,0 +1,165 @@
+"""GRPO with dense segment advantages (critic-free), as a thin subclass of TRL's ``GRPOTrainer``.
+
+Advantages follow GRPO's *process supervision* rule (DeepSeekMath, arXiv 2402.03300 §4.1.3) with a
+segment RM's segments as the steps: every segment reward of a group is normalised by the mean and
+std of all segment rewards in that group, and token ``t``'s advantage is the sum of the
+normalised rewards of the segments ending at or after ``t``. With the bandit RM (one segment per
+response) this is exactly GRPO's outcome advantage. TRL 1.16's ``_compute_loss`` accepts (B, T)
+advantages as they are.
+
+The ASR mask goes into ``tool_mask``, TRL's loss-only mask, and not into ``completion_mask``, which
+TRL also uses as the attention mask (masking it would change the log-probs of the kept tokens).
+The token count ``num_items_in_batch`` is recomputed from the new mask.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from trl import GRPOConfig, GRPOTrainer
+
+from segrl import ops
+from segrl.ppo.trainer import response_mask_from
+
+
+@dataclass
+class SegmentGRPOConfig(GRPOConfig):
+    """:class:`trl.GRPOConfig` plus the segment-reward and ASR options."""
+
+    segment_reward_model: str | None = field(
+        default=None, metadata={"help": "Segment RM (segrl train-rm + fit-norm) giving the dense rewards: path or hub id."}
+    )
+    segment_threshold: float | None = field(
+        default=None, metadata={"help": "Entropy threshold override: inf bandit, 0 token, else segment (default: the RM's)."}
+    )
+    asr: bool = field(default=False, metadata={"help": "Apply the ASR mask to the policy loss (through tool_mask)."})
+    asr_baseline: str = field(default="batch_mean", metadata={"help": "batch_mean | sequence_mean | zero | a number."})
+    asr_delta: float = field(default=0.0, metadata={"help": "ASR hysteresis half-width."})
+    asr_neutral: str = field(default="drop", metadata={"help": "drop | keep undecided tokens."})
+    asr_empty: str = field(default="full", metadata={"help": "full | none for rows whose ASR mask is empty."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if isinstance(self.asr_baseline, str) and self.asr_baseline not in ("batch_mean", "sequence_mean", "zero"):
+            try:
+                self.asr_baseline = float(self.asr_baseline)
+            except ValueError:
+                raise ValueError(f"`asr_baseline` must be batch_mean | sequence_mean | zero | a number, "
+                                 f"got {self.asr_baseline!r}") from None
+
+
+def dense_group_advantages(seg_rewards: torch.Tensor, seg_valid: torch.Tensor, segment_ids: torch.Tensor,
+                           group_mean: torch.Tensor, group_std: torch.Tensor | None) -> torch.Tensor:
+    """Process-supervision advantages from segment rewards.
+
+    Args:
+        seg_rewards: (location-normalised) segment rewards. Shape: (B, K).
+        seg_valid: real segment slots. Shape: (B, K).
+        segment_ids: Shape: (B, T).
+        group_mean, group_std: statistics of the row's group over all its segments. Shape: (B,).
+            ``group_std=None`` skips the scaling (``scale_rewards="none"``).
+
+    Returns:
+        (B, T): sum of the normalised rewards of the segments ending at or after each token.
+    """
+    normed = seg_rewards - group_mean.unsqueeze(1)
+    if group_std is not None:
+        normed = normed / (group_std.unsqueeze(1) + 1e-4)  # GRPO's epsilon
+    normed = torch.where(seg_valid, normed, torch.zeros_like(normed))
+    at_end = ops.spread_segment_rewards(normed, segment_ids, mode="end")
+    return at_end.flip(1).cumsum(1).flip(1) * (segment_ids >= 0)
+
+
+class SegmentGRPOTrainer(GRPOTrainer):
+    """``GRPOTrainer`` whose advantages are dense (B, T) segment advantages from a segment RM.
+
+    Pass ``segment_reward_model`` (a loaded :class:`segrl.rm.SegmentRewardModel`) or set
+    ``args.segment_reward_model``. When ``reward_funcs`` is omitted, the RM's own sequence
+    classifier is the reward function, so TRL's logged ``reward`` is the RM's ordinary score.
+    """
+
+    def __init__(self, model, reward_funcs=None, args: SegmentGRPOConfig | None = None, *,
+                 segment_reward_model=None, **kwargs):
+        from segrl.rm.model import SegmentRewardModel
+
+        if segment_reward_model is None:
+            if args is None or not args.segment_reward_model:
+                raise ValueError("`segment_reward_model` (or `args.segment_reward_model`) is required")
+            segment_reward_model = SegmentRewardModel.from_pretrained(args.segment_reward_model)
+        if args is not None and args.segment_threshold is not None:
+            segment_reward_model.threshold = float(args.segment_threshold)
+        if segment_reward_model.normalizer is None:
+            raise ValueError("the segment RM has no fitted normaliser; run `segrl fit-norm` first")
+        self.segment_rm = segment_reward_model
+        if reward_funcs is None:
+            reward_funcs = [segment_reward_model.model]
+            kwargs.setdefault("reward_processing_classes", [segment_reward_model.tokenizer])
+        super().__init__(model=model, reward_funcs=reward_funcs, args=args, **kwargs)
+        if self.segment_rm.tokenizer.get_vocab() != self.processing_class.get_vocab():
+            raise ValueError("`segment_reward_model` and the policy use different tokenizers")
+
+    def _generate_and_score_completions(self, inputs):
+        out = super()._generate_and_score_completions(inputs)
+        mode = "train" if self.model.training else "eval"
+        device = out["completion_ids"].device
+        response_mask, _ = response_mask_from(out["completion_ids"], self.processing_class.eos_token_id)
+        prompt_ids = [row[m.bool()].tolist() for row, m in zip(out["prompt_ids"], out["prompt_mask"])]
+        completion_ids = [row[m].tolist() for row, m in zip(out["completion_ids"], response_mask)]
+        self.segment_rm.model.to(device)
+        seg = self.segment_rm.segment_token_ids(prompt_ids, completion_ids)
+        seg_norm = self.segment_rm.normalized_segment_rewards(seg).to(device)
+        seg_valid, segment_ids = seg.seg_valid.to(device), seg.segment_ids.to(device)
+
+        mean, std = self._group_segment_stats(seg_norm, seg_valid)
+        width = out["completion_ids"].shape[1]
+        advantages = torch.zeros(segment_ids.shape[0], width, device=device)
+        dense = dense_group_advantages(seg_norm, seg_valid, segment_ids, mean,
+                                       None if self.scale_rewards == "none" else std)
+        advantages[:, : dense.shape[1]] = dense
+        out["advantages"] = advantages
+
+        n_seg = seg_valid.sum(1).float()
+        self._metrics[mode]["segments_per_response"].append(self.accelerator.gather(n_seg).mean().item())
+        if self.args.asr:
+            token_rewards = ops.spread_segment_rewards(seg_norm, segment_ids, mode="even")
+            padded = torch.zeros_like(advantages)
+            padded[:, : token_rewards.shape[1]] = token_rewards
+            seq = seg.scores.to(device)
+            seq_sign = torch.where(seq >= self._group_mean_of(seq), 1, -1)
+            res = ops.asr_segments(padded, response_mask, seq_sign, baseline=self.args.asr_baseline,
+                                   delta=self.args.asr_delta, neutral=self.args.asr_neutral, empty=self.args.asr_empty)
+            tool_mask = out.get("tool_mask")
+            keep = res.keep.int() if tool_mask is None else res.keep.int() * tool_mask
+            out["tool_mask"] = keep
+            out["num_items_in_batch"] = self.accelerator.gather((out["completion_mask"] * keep).sum()).sum()
+            kept = (out["completion_mask"] * keep).sum() / out["completion_mask"].sum().clamp(min=1)
+            self._metrics[mode]["kept_token_fraction"].append(self.accelerator.gather(kept).mean().item())
+            self._metrics[mode]["asr_fallbacks"].append(self.accelerator.gather(res.fallback.sum()).sum().item())
+        return out
+
+    def _gathered_groups(self, local: torch.Tensor) -> tuple[torch.Tensor, slice]:
+        """Gather per-row statistics from all processes, grouped by prompt; and this process's slice."""
+        rows = self.accelerator.gather(local)
+        g = self.num_generations if self.model.training else self.num_generations_eval
+        n = local.shape[0]
+        start = self.accelerator.process_index * n
+        return rows.view(-1, g, *local.shape[1:]), slice(start, start + n)
+
+    def _group_mean_of(self, seq: torch.Tensor) -> torch.Tensor:
+        grouped, local = self._gathered_groups(seq)
+        g = grouped.shape[1]
+        return grouped.mean(dim=1).repeat_interleave(g)[local]
+
+    def _group_segment_stats(self, seg_norm: torch.Tensor, seg_valid: torch.Tensor):
+        """Mean and (unbiased, as TRL) std of all segment rewards of each row's group, or of the batch."""
+        m = seg_valid.float()
+        per_row = torch.stack([(seg_norm * m).sum(1), (seg_norm**2 * m).sum(1), m.sum(1)], dim=1)
+        grouped, local = self._gathered_groups(per_row)
+        g = grouped.shape[1]
+        totals = grouped.sum(dim=1) if self.scale_rewards != "batch" else grouped.sum(dim=(0, 1)).expand(grouped.shape[0], 3)
+        count = totals[:, 2].clamp(min=1)
+        mean = totals[:, 0] / count
+        var = (totals[:, 1] - count * mean**2) / (count - 1).clamp(min=1)
+        std = var.clamp(min=0).sqrt()
+        return mean.repeat_interleave(g)[local], std.repeat_interleave(g)[local]

@@ -1,0 +1,104 @@
+"""Critic-free dense variant: TRL GRPOTrainer with (B, T) segment advantages."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from rm_fixtures import TEST_ARGS, rm_env  # noqa: F401
+
+from segrl import ops
+from segrl.grpo import SegmentGRPOConfig, SegmentGRPOTrainer, dense_group_advantages
+
+
+def test_dense_group_advantages_hand_values():
+    # one row, two segments: tokens [0 0 1 -1]; normalised segment rewards 1.0 and 3.0
+    seg = torch.tensor([[1.0, 3.0]])
+    valid = torch.tensor([[True, True]])
+    ids = torch.tensor([[0, 0, 1, -1]])
+    # group mean 1.0, std 2.0 -> normalised (0 - 0) / 2.0001 = 0 and (3 - 1) / 2.0001 ~ 1
+    adv = dense_group_advantages(seg, valid, ids, torch.tensor([1.0]), torch.tensor([2.0]))
+    # token t gets the sum over segments ending at or after t: t0, t1 -> 0 + 1 ; t2 -> 1 ; EOS (no segment) -> 0
+    expected = 2.0 / 2.0001
+    assert adv[0].tolist() == pytest.approx([expected, expected, expected, 0.0])
+
+
+def test_bandit_equals_outcome_grpo():
+    # bandit: one segment per response covering every token -> every token gets (r - mean) / (std + 1e-4)
+    r = torch.tensor([[2.0], [0.0]])
+    ids = torch.tensor([[0, 0, 0], [0, 0, -1]])
+    mean, std = r.mean(), r.std()
+    adv = dense_group_advantages(r, torch.ones(2, 1, dtype=torch.bool), ids, mean.expand(2), std.expand(2))
+    outcome = (r.squeeze(1) - mean) / (std + 1e-4)
+    assert adv[0].tolist() == pytest.approx([outcome[0].item()] * 3)
+    assert adv[1].tolist() == pytest.approx([outcome[1].item()] * 2 + [0.0])
+
+
+@pytest.fixture(scope="module")
+def segment_rm(rm_env):
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    from segrl.rm import SegmentRewardModel
+
+    model = AutoModelForSequenceClassification.from_pretrained(rm_env.init_dir, num_labels=1)
+    ref = AutoModelForCausalLM.from_pretrained(rm_env.ref_dir)
+    coef = ops.LocationNormalizerCoef(a_mu=0.0, b_mu=0.0, a_sigma=0.0, b_sigma=1.0)
+    return SegmentRewardModel(model, rm_env.tokenizer, threshold=2.0, reference_model=ref, normalizer=coef)
+
+
+@pytest.mark.parametrize("asr", [False, True])
+def test_grpo_trains_with_dense_advantages(rm_env, segment_rm, tmp_path, asr):
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM
+
+    policy = AutoModelForCausalLM.from_pretrained(rm_env.init_dir)
+    args = SegmentGRPOConfig(
+        output_dir=str(tmp_path), per_device_train_batch_size=4, num_generations=4, max_completion_length=8,
+        max_steps=2, learning_rate=1e-3, asr=asr, beta=0.0, **{k: v for k, v in TEST_ARGS.items()},
+    )
+    prompts = Dataset.from_list([{"prompt": f"{a}+{b}="} for a in range(1, 5) for b in range(1, 3)])
+    trainer = SegmentGRPOTrainer(policy, args=args, train_dataset=prompts, processing_class=rm_env.tokenizer,
+                                 segment_reward_model=segment_rm)
+    batch = trainer._generate_and_score_completions(
+        [{"prompt": p} for p in ["1+1=", "1+1=", "1+1=", "1+1="]]
+    )
+    assert batch["advantages"].shape == batch["completion_ids"].shape
+    if asr:
+        assert "tool_mask" in batch
+        assert int(batch["num_items_in_batch"]) == int((batch["completion_mask"] * batch["tool_mask"]).sum())
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    changed = [n for n, p in trainer.model.named_parameters() if not torch.equal(before[n], p.detach())]
+    assert len(changed) == len(before)
+    logged = {k for entry in trainer.state.log_history for k in entry}
+    assert "segments_per_response" in logged
+    if asr:
+        assert "kept_token_fraction" in logged
+
+
+def test_missing_fit_is_an_error(rm_env, segment_rm, tmp_path):
+    from segrl.rm import SegmentRewardModel
+
+    unfitted = SegmentRewardModel(segment_rm.model, rm_env.tokenizer, threshold=math.inf)
+    with pytest.raises(ValueError, match="fit-norm"):
+        SegmentGRPOTrainer(rm_env.init_dir, args=SegmentGRPOConfig(output_dir=str(tmp_path), **TEST_ARGS),
+                           segment_reward_model=unfitted)
+
+
+def test_grpo_cli(rm_env, segment_rm, tmp_path):
+    import json
+
+    from segrl.cli import main
+
+    rm_dir = tmp_path / "rm"
+    segment_rm.save_pretrained(rm_dir)
+    data = tmp_path / "prompts.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"{a}+{a}="}) + "\n" for a in range(1, 9)))
+    args = ["grpo", "--model_name_or_path", rm_env.init_dir, "--segment_reward_model", str(rm_dir),
+            "--dataset_name", str(data), "--output_dir", str(tmp_path / "out"), "--per_device_train_batch_size", "4",
+            "--num_generations", "4", "--max_completion_length", "6", "--max_steps", "1", "--beta", "0.0"]
+    for key, value in TEST_ARGS.items():
+        args += [f"--{key}", str(value)]
+    assert main(args) == 0
+    assert (tmp_path / "out" / "config.json").exists()
