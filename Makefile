@@ -28,8 +28,11 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
+# BENCH_ARGS=--quick for a fast pass; results go to bench_results/*.md
 bench: $(STAMP)
-	$(PY) benchmarks/bench_ops.py
+	$(PY) benchmarks/bench_ops.py $(BENCH_ARGS)
+	$(PY) benchmarks/bench_rm.py $(BENCH_ARGS)
+	$(PY) benchmarks/bench_ppo.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

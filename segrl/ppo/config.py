@@ -31,6 +31,7 @@ class SegmentPPOConfig:
     ppo_epochs: int = field(default=1, metadata={"help": "Passes over each rollout batch."})
     max_prompt_length: int = field(default=128, metadata={"help": "Prompts are left-truncated to this many tokens."})
     max_new_tokens: int = field(default=64, metadata={"help": "Generation budget; a response without EOS is truncated."})
+    min_new_tokens: int = field(default=0, metadata={"help": "Suppress EOS before this many tokens (benchmarks: fixed length)."})
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature (also used for log-probs)."})
     top_k: int = field(default=0, metadata={"help": "Top-k sampling (0 = off)."})
     top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling."})

@@ -135,7 +135,7 @@ class SegmentPPOTrainer:
         self.policy.eval()
         self.critic.eval()
         generated = policy.generate(
-            input_ids=prompts, attention_mask=prompt_mask, max_new_tokens=args.max_new_tokens, do_sample=True,
+            input_ids=prompts, attention_mask=prompt_mask, max_new_tokens=args.max_new_tokens, min_new_tokens=args.min_new_tokens, do_sample=True,
             temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
             pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
         )
