@@ -1,0 +1,159 @@
+"""Configuration of :class:`segrl.dpo.ASRDPOTrainer`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from trl import DPOConfig
+
+from segrl.token_rewards import DEFAULT_BOUNDARY_CHARS, TOKEN_REWARD_SOURCES, MaskOptions
+
+SEGMENT_SPREAD_MODES = ("even", "end", "repeat")
+
+
+@dataclass
+class ASRDPOConfig(DPOConfig):
+    r"""
+    Configuration for [`ASRDPOTrainer`]: TRL's [`~trl.DPOConfig`] plus the Adaptive Segment-level
+    Reward (ASR, arXiv 2411.00809) mask.
+
+    Every DPO option keeps its meaning. The policy and reference log-probabilities of a response are
+    summed over the kept tokens only, with the **same** mask for both (SPEC §3):
+    `LP(y) = sum_t m_t log pi(y_t | x, y_<t)`. Chosen rows use sequence sign +1 (keep the segments
+    whose reward is above the baseline), rejected rows -1 (keep those below); the baseline is
+    resolved over all 2B rows of the batch. Loss types that divide by the completion length
+    (`ipo`, `sigmoid_norm`, the `sft` term, WPO weights, `ld_alpha`) see the kept-token count.
+
+    Parameters:
+        > ASR mask
+
+        mask_type (`str`, *optional*, defaults to `"asr"`):
+            `"asr"` (hysteresis segments), `"tokenwise"`, `"stepwise"` (punctuation / newline
+            segments) or `"none"` (sample-wise: exactly TRL's DPOTrainer).
+        asr_baseline (`str` or `float`, *optional*, defaults to `"batch_mean"`):
+            `"batch_mean"`, `"sequence_mean"`, `"zero"` or a number.
+        asr_delta (`float`, *optional*, defaults to `0.0`):
+            Hysteresis half-width (`"asr"` only).
+        asr_neutral (`str`, *optional*, defaults to `"drop"`):
+            `"drop"` or `"keep"` undecided tokens (state 0).
+        asr_empty (`str`, *optional*, defaults to `"full"`):
+            `"full"`: a response whose mask would be empty keeps its whole response; `"none"`: it stays
+            empty (its log-ratio is then 0).
+        step_boundary_chars (`str`, *optional*, defaults to `".!?;:\n"`):
+            `"stepwise"`: a token whose decoded text contains any of these characters ends a step.
+
+        > Token rewards
+
+        token_reward_source (`str`, *optional*, defaults to `"columns"`):
+            `"columns"`: dataset columns `chosen_token_rewards` / `rejected_token_rewards`;
+            `"segment_rm"`: a segment reward model (`token_reward_model`); `"implicit"`:
+            `implicit_beta * (log pi - log pi_ref)` of the pair `implicit_policy` / `implicit_ref`.
+        token_reward_model (`str`, *optional*):
+            Path of a saved `segrl.rm.SegmentRewardModel` (for `"segment_rm"`).
+        token_reward_mode (`str`, *optional*, defaults to `"even"`):
+            How the segment RM spreads a segment's reward over its tokens: `"even"`, `"end"`, `"repeat"`.
+        token_reward_normalize (`bool`, *optional*, defaults to `True`):
+            Apply the segment RM's location-aware normaliser.
+        token_reward_on_the_fly (`bool`, *optional*, defaults to `False`):
+            `"segment_rm"` only: score every batch during training instead of once at dataset
+            preparation (the RM is frozen, so the result is the same; this costs a forward pass per step).
+        token_reward_batch_size (`int`, *optional*, defaults to `8`):
+            Rows per reward-model forward pass.
+        implicit_policy (`str`, *optional*):
+            Path of the policy of the implicit-reward pair.
+        implicit_ref (`str`, *optional*):
+            Path of the reference of the implicit-reward pair.
+        implicit_beta (`float`, *optional*, defaults to `0.1`):
+            Scale of the implicit reward.
+    """
+
+    mask_type: str = field(
+        default="asr",
+        metadata={"help": "Which tokens enter the DPO sums: 'asr' (hysteresis segments agreeing with the "
+                          "preference), 'tokenwise', 'stepwise' (punctuation segments) or 'none' (vanilla DPO).",
+                  "choices": ["asr", "tokenwise", "stepwise", "none"]},
+    )
+    asr_baseline: str = field(
+        default="batch_mean",
+        metadata={"help": "Token-reward baseline b: 'batch_mean' (all valid tokens of the 2B-row batch), "
+                          "'sequence_mean', 'zero' or a number."},
+    )
+    asr_delta: float = field(
+        default=0.0, metadata={"help": "Hysteresis half-width delta >= 0 of the ASR Schmitt trigger."}
+    )
+    asr_neutral: str = field(
+        default="drop",
+        metadata={"help": "Undecided tokens (state 0, inside the band before any decision): 'drop' or 'keep'.",
+                  "choices": ["drop", "keep"]},
+    )
+    asr_empty: str = field(
+        default="full",
+        metadata={"help": "A response whose mask would be empty: 'full' (falls back to all its tokens) or 'none'.",
+                  "choices": ["full", "none"]},
+    )
+    step_boundary_chars: str = field(
+        default=DEFAULT_BOUNDARY_CHARS,
+        metadata={"help": "mask_type='stepwise': a token whose text contains any of these characters ends a step."},
+    )
+    token_reward_source: str = field(
+        default="columns",
+        metadata={"help": "Where token rewards come from: 'columns' (chosen_token_rewards / rejected_token_rewards "
+                          "in the dataset), 'segment_rm' (token_reward_model) or 'implicit' (implicit_policy / "
+                          "implicit_ref).",
+                  "choices": list(TOKEN_REWARD_SOURCES)},
+    )
+    token_reward_model: str | None = field(
+        default=None,
+        metadata={"help": "Path of a saved segrl segment reward model (token_reward_source='segment_rm')."},
+    )
+    token_reward_mode: str = field(
+        default="even",
+        metadata={"help": "Segment RM: spread a segment reward 'even'ly over its tokens, on its 'end' token, or "
+                          "'repeat' it on every token.", "choices": list(SEGMENT_SPREAD_MODES)},
+    )
+    token_reward_normalize: bool = field(
+        default=True, metadata={"help": "Segment RM: apply its location-aware normaliser to segment rewards."}
+    )
+    token_reward_on_the_fly: bool = field(
+        default=False,
+        metadata={"help": "Segment RM: score each training batch instead of once at dataset preparation."},
+    )
+    token_reward_batch_size: int = field(
+        default=8, metadata={"help": "Rows per forward pass of the token-reward model(s)."}
+    )
+    implicit_policy: str | None = field(
+        default=None, metadata={"help": "token_reward_source='implicit': path of the pair's policy model."}
+    )
+    implicit_ref: str | None = field(
+        default=None, metadata={"help": "token_reward_source='implicit': path of the pair's reference model."}
+    )
+    implicit_beta: float = field(
+        default=0.1, metadata={"help": "token_reward_source='implicit': beta of beta * (log pi - log pi_ref)."}
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        # Validates mask_type / baseline / delta / neutral / empty and parses a numeric baseline.
+        options = self.mask_options()
+        self.asr_baseline = options.baseline
+        if self.token_reward_source not in TOKEN_REWARD_SOURCES:
+            raise ValueError(f"`token_reward_source` must be one of {TOKEN_REWARD_SOURCES}, got "
+                             f"{self.token_reward_source!r}")
+        if self.token_reward_mode not in SEGMENT_SPREAD_MODES:
+            raise ValueError(f"`token_reward_mode` must be one of {SEGMENT_SPREAD_MODES}, got "
+                             f"{self.token_reward_mode!r}")
+        if self.token_reward_batch_size < 1:
+            raise ValueError(f"`token_reward_batch_size` must be >= 1, got {self.token_reward_batch_size}")
+        if self.token_reward_on_the_fly and self.token_reward_source != "segment_rm":
+            raise ValueError("`token_reward_on_the_fly=True` is only supported with token_reward_source='segment_rm'")
+        if self.mask_type == "stepwise" and not self.step_boundary_chars:
+            raise ValueError("`step_boundary_chars` must not be empty for mask_type='stepwise'")
+        if self.mask_type != "none" and self.padding_free:
+            # The mask is laid out on right-padded [chosen; rejected] rows; a packed batch has no
+            # per-response rows to lay it on.
+            raise ValueError(f"`padding_free=True` is not supported with mask_type={self.mask_type!r}; set "
+                             "padding_free=False")
+
+    def mask_options(self) -> MaskOptions:
+        """The mask fields as :class:`segrl.token_rewards.MaskOptions` (validated)."""
+        return MaskOptions(self.mask_type, self.asr_baseline, self.asr_delta, self.asr_neutral, self.asr_empty)

@@ -1,0 +1,6 @@
+"""ASR rejection sampling on TRL (arXiv 2411.00809, SPEC §3): :class:`ASRRejectionSampler`."""
+
+from segrl.rs.config import ASRRejectionSamplingConfig
+from segrl.rs.sampler import ASRRejectionSampler, load_candidates, resolve_checkpoint
+
+__all__ = ["ASRRejectionSampler", "ASRRejectionSamplingConfig", "load_candidates", "resolve_checkpoint"]

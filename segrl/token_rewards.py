@@ -1,0 +1,462 @@
+"""Token-reward sources and the keep-mask variants shared by ASR-DPO and ASR rejection sampling.
+
+Two halves:
+
+**Masks** (:class:`MaskOptions`, :func:`compute_keep_mask`): one entry point for the four
+segmenters the paper compares (arXiv 2411.00809, SPEC §1), all computed with :mod:`segrl.ops`:
+
+- ``"asr"``: hysteresis segments (baseline ``b``, half-width ``delta``), keep the segments whose
+  state agrees with the sequence sign (:func:`segrl.ops.asr_segments`);
+- ``"tokenwise"``: per-token ``sign(r_t - b)`` (:func:`segrl.ops.tokenwise_mask`);
+- ``"stepwise"``: segments cut after punctuation / newline tokens, each signed by its mean reward
+  (:func:`segrl.ops.stepwise_mask`); boundaries come from :func:`boundary_token_table`;
+- ``"none"``: sample-wise, i.e. every response token (vanilla DPO / plain rejection sampling).
+
+**Sources** of token rewards, each producing one float per completion token *as TRL tokenised the
+completion* (so ``len == len(chosen_ids)``, EOS included):
+
+- ``"columns"``: precomputed lists in the dataset (``chosen_token_rewards`` / ``rejected_token_rewards``),
+  checked and aligned by :func:`align_token_rewards`;
+- ``"segment_rm"``: a segment reward model's spread per-token rewards (:class:`SegmentRMTokenRewards`,
+  ``segrl.rm.SegmentRewardModel.score_token_ids`` run on TRL's own ids);
+- ``"implicit"``: the DPO implicit reward ``beta * (log pi - log pi_ref)`` of a given model pair
+  (:class:`ImplicitTokenRewards`).
+
+Nothing here imports transformers at module import time.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from segrl.ops import (
+    asr_segments,
+    resolve_baseline,
+    segment_counts,
+    step_segment_ids,
+    stepwise_mask,
+    tokenwise_mask,
+)
+
+__all__ = [
+    "BASELINE_NAMES",
+    "DEFAULT_BOUNDARY_CHARS",
+    "MASK_TYPES",
+    "TOKEN_REWARD_SOURCES",
+    "ImplicitTokenRewards",
+    "KeepMask",
+    "MaskOptions",
+    "SegmentRMTokenRewards",
+    "add_token_reward_columns",
+    "align_token_rewards",
+    "boundary_token_table",
+    "check_same_tokenizer",
+    "compute_keep_mask",
+    "parse_baseline",
+]
+
+MASK_TYPES = ("asr", "tokenwise", "stepwise", "none")
+TOKEN_REWARD_SOURCES = ("columns", "segment_rm", "implicit")
+BASELINE_NAMES = ("batch_mean", "sequence_mean", "zero")
+#: A token whose decoded text contains any of these ends a step (step-wise segmentation).
+DEFAULT_BOUNDARY_CHARS = ".!?;:\n"
+
+
+# --------------------------------------------------------------------------------------------------
+# Mask options and the keep mask
+# --------------------------------------------------------------------------------------------------
+
+
+def parse_baseline(value) -> str | float:
+    """A baseline option as the core ops take it: a name in :data:`BASELINE_NAMES` or a finite float.
+
+    Strings that spell a number (``"0.5"``, as a CLI or YAML may deliver them) become floats.
+    """
+    if isinstance(value, str) and value in BASELINE_NAMES:
+        return value
+    if isinstance(value, bool):
+        raise ValueError(f"`asr_baseline` must be one of {BASELINE_NAMES} or a number, got {value!r}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"`asr_baseline` must be one of {BASELINE_NAMES} or a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise ValueError(f"`asr_baseline` must be finite, got {value!r}")
+    return number
+
+
+@dataclass(frozen=True)
+class MaskOptions:
+    """Which tokens of a response are trained on (SPEC §1).
+
+    Attributes:
+        mask_type: ``"asr"`` | ``"tokenwise"`` | ``"stepwise"`` | ``"none"`` (sample-wise).
+        baseline: ``"batch_mean"`` | ``"sequence_mean"`` | ``"zero"`` | a float.
+        delta: hysteresis half-width (``"asr"`` only), ``>= 0``.
+        neutral: ``"drop"`` | ``"keep"`` undecided (state 0) tokens.
+        empty: ``"full"`` (a row whose mask would be empty keeps its whole response) | ``"none"``.
+    """
+
+    mask_type: str = "asr"
+    baseline: str | float = "batch_mean"
+    delta: float = 0.0
+    neutral: str = "drop"
+    empty: str = "full"
+
+    def __post_init__(self):
+        if self.mask_type not in MASK_TYPES:
+            raise ValueError(f"`mask_type` must be one of {MASK_TYPES}, got {self.mask_type!r}")
+        object.__setattr__(self, "baseline", parse_baseline(self.baseline))
+        if isinstance(self.delta, bool) or not isinstance(self.delta, (int, float)) or not (
+            math.isfinite(self.delta) and self.delta >= 0
+        ):
+            raise ValueError(f"`asr_delta` must be a finite number >= 0, got {self.delta!r}")
+        if self.neutral not in ("drop", "keep"):
+            raise ValueError(f"`asr_neutral` must be 'drop' or 'keep', got {self.neutral!r}")
+        if self.empty not in ("full", "none"):
+            raise ValueError(f"`asr_empty` must be 'full' or 'none', got {self.empty!r}")
+
+    @property
+    def needs_rewards(self) -> bool:
+        return self.mask_type != "none"
+
+
+@dataclass
+class KeepMask:
+    """A keep mask and what it was derived from. Rows are responses (SPEC §0 layout).
+
+    Attributes:
+        keep: tokens that enter the loss. Shape: (N, T), bool.
+        segment_ids: the segments the mask was decided on (``-1`` outside), or ``None`` for the
+            token-wise mask, which has no segments. Shape: (N, T), long.
+        fallback: rows whose mask was empty and (with ``empty="full"``) fell back to the whole
+            response. Shape: (N,), bool.
+        baseline: the resolved baseline of each row. Shape: (N,), float64.
+    """
+
+    keep: torch.Tensor
+    segment_ids: torch.Tensor | None
+    fallback: torch.Tensor
+    baseline: torch.Tensor
+
+    def summary(self, mask: torch.Tensor) -> torch.Tensor:
+        """Counts for logging, summed over rows (so they can be gathered and added across processes).
+
+        Returns a float64 vector ``[kept tokens, response tokens, segments, tokens in segments,
+        fallback rows, rows, baseline sum]``. Shape: (7,).
+        """
+        mask = mask.bool()
+        if self.segment_ids is None:
+            segments = torch.zeros((), device=mask.device)
+            in_segments = torch.zeros((), device=mask.device)
+        else:
+            segments = segment_counts(self.segment_ids).sum()
+            in_segments = (self.segment_ids >= 0).sum()
+        rows = mask.any(dim=1)
+        return torch.stack([
+            self.keep.sum(), mask.sum(), segments, in_segments, (self.fallback & rows).sum(), rows.sum(),
+            self.baseline.sum(),
+        ]).double()
+
+
+def compute_keep_mask(rewards: torch.Tensor, mask: torch.Tensor, seq_sign: torch.Tensor, options: MaskOptions,
+                      is_boundary: torch.Tensor | None = None) -> KeepMask:
+    """The keep mask of ``options.mask_type`` for a batch of responses.
+
+    The baseline is resolved over the whole batch passed in (for DPO: all 2B chosen and rejected
+    rows together), on detached rewards.
+
+    Args:
+        rewards: token rewards. Shape: (N, T). Ignored (may be ``None``) for ``"none"``.
+        mask: valid response tokens, right-padded. Shape: (N, T).
+        seq_sign: +1 / -1 per row (DPO: chosen +1, rejected -1; rejection sampling: +1). Shape: (N,).
+        options: the mask variant and its parameters.
+        is_boundary: step ends, required for ``"stepwise"``. Shape: (N, T), bool.
+
+    Returns:
+        :class:`KeepMask`.
+    """
+    mask = mask.bool()
+    n_rows = mask.shape[0]
+    no_fallback = torch.zeros(n_rows, dtype=torch.bool, device=mask.device)
+    if options.mask_type == "none":
+        # Sample-wise: the whole response is one segment.
+        ids = torch.where(mask, 0, -1).long()
+        return KeepMask(mask, ids, no_fallback, torch.zeros(n_rows, dtype=torch.float64, device=mask.device))
+    if rewards is None:
+        raise ValueError(f"mask_type={options.mask_type!r} needs token rewards, got None")
+    common = dict(baseline=options.baseline, neutral=options.neutral)
+    if options.mask_type == "asr":
+        res = asr_segments(rewards, mask, seq_sign, delta=options.delta, empty=options.empty, **common)
+        return KeepMask(res.keep, res.segment_ids, res.fallback, res.baseline)
+    # The token- and step-wise ops fold the empty-row fallback in; ask for the raw mask so the
+    # fallback rows can be counted, then apply the same rule (SPEC §1 "empty").
+    if options.mask_type == "tokenwise":
+        raw = tokenwise_mask(rewards, mask, seq_sign, empty="none", **common)
+        segment_ids = None
+    else:
+        if is_boundary is None:
+            raise ValueError("mask_type='stepwise' needs `is_boundary` (step-end tokens)")
+        raw = stepwise_mask(rewards, mask, is_boundary, seq_sign, empty="none", **common)
+        segment_ids = step_segment_ids(is_boundary, mask)
+    fallback = mask.any(dim=1) & ~raw.any(dim=1)
+    keep = torch.where(fallback[:, None], mask, raw) if options.empty == "full" else raw
+    return KeepMask(keep, segment_ids, fallback, resolve_baseline(rewards, mask, options.baseline))
+
+
+def boundary_token_table(tokenizer, chars: str = DEFAULT_BOUNDARY_CHARS) -> torch.Tensor:
+    """Which token ids end a step: those whose decoded text contains any of ``chars``.
+
+    Every id of the tokenizer (added tokens included) is decoded once, on its own. Look up a batch
+    with ``table[ids]``.
+
+    Returns:
+        BoolTensor of shape (V,), ``V = len(tokenizer)``.
+    """
+    if not chars:
+        raise ValueError("`step_boundary_chars` must not be empty for mask_type='stepwise'")
+    texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+    return torch.tensor([any(c in text for c in chars) for text in texts], dtype=torch.bool)
+
+
+# --------------------------------------------------------------------------------------------------
+# Precomputed columns
+# --------------------------------------------------------------------------------------------------
+
+
+def align_token_rewards(values, completion_ids: Sequence[int], *, eos_token_id: int | None, column: str,
+                        row: int) -> list[float]:
+    """Check one row's precomputed token rewards against TRL's completion ids; return them aligned.
+
+    The rewards must give one float per completion token as TRL tokenises the completion (prompt
+    and completion are tokenised jointly and split where they diverge from the prompt; for plain
+    text TRL appends EOS). Accepted lengths:
+
+    - ``len(completion_ids)``: used as is;
+    - ``len(completion_ids) - 1`` when the last completion token is EOS (rewards computed on the
+      text before TRL appended EOS): EOS gets **the reward of the token before it**, so it joins the
+      last segment whatever the baseline (an empty list for an EOS-only completion gives ``[0.0]``).
+
+    Raises:
+        ValueError: naming ``column`` and ``row`` on any other length, a non-numeric entry, NaN or inf.
+    """
+    if values is None:
+        raise ValueError(f"`{column}` is missing in row {row} (None); every row needs its token rewards")
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+        raise ValueError(f"`{column}` in row {row} must be a list of floats, got {type(values).__name__}")
+    try:
+        floats = [float(v) for v in values]
+    except (TypeError, ValueError):
+        raise ValueError(f"`{column}` in row {row} must contain only numbers") from None
+    bad = [t for t, v in enumerate(floats) if not math.isfinite(v)]
+    if bad:
+        raise ValueError(f"`{column}` in row {row} has a NaN or inf at token {bad[0]}")
+    n = len(completion_ids)
+    if len(floats) == n:
+        return floats
+    ends_with_eos = n > 0 and eos_token_id is not None and completion_ids[-1] == eos_token_id
+    if ends_with_eos and len(floats) == n - 1:
+        return floats + [floats[-1] if floats else 0.0]
+    expected = f"{n}" + (f" (or {n - 1}, without the EOS TRL appended)" if ends_with_eos else "")
+    raise ValueError(
+        f"`{column}` in row {row} has {len(floats)} values but TRL tokenised that completion into {n} tokens; "
+        f"expected {expected}: one float per completion token"
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Model-based sources
+# --------------------------------------------------------------------------------------------------
+
+
+def check_same_tokenizer(source_tokenizer, policy_tokenizer, name: str) -> None:
+    """Raise ``ValueError`` unless both tokenizers map the same strings to the same ids.
+
+    Token rewards are indexed by the policy's token ids; a source with another vocabulary would
+    score other tokens.
+    """
+    if source_tokenizer is None:
+        raise ValueError(
+            f"`{name}` carries no tokenizer, so it cannot be checked against the policy's; token rewards need the "
+            "policy's exact tokenizer"
+        )
+    a, b = source_tokenizer.get_vocab(), policy_tokenizer.get_vocab()
+    if a != b:
+        differ = len(set(a.items()) ^ set(b.items()))
+        raise ValueError(
+            f"tokenizer mismatch: `{name}` has a vocabulary of {len(a)} tokens and the policy {len(b)} "
+            f"({differ} (token, id) entries differ). Token rewards are per policy token id: use a reward source "
+            "trained with the policy's tokenizer"
+        )
+
+
+def _cache_key(*parts) -> str:
+    """A key that changes when a model on disk changes (paths plus file mtimes); random for in-memory models."""
+    out = []
+    for part in parts:
+        if isinstance(part, (str, os.PathLike)) and os.path.isdir(part):
+            stamps = sorted((f, os.stat(os.path.join(part, f)).st_mtime_ns) for f in os.listdir(part))
+            out.append((os.path.abspath(part), stamps))
+        elif isinstance(part, (str, int, float, bool, type(None))):
+            out.append(part)
+        else:
+            return uuid.uuid4().hex
+    return repr(out)
+
+
+class SegmentRMTokenRewards:
+    """Token rewards from a segment reward model (SPEC §2), computed on the policy's token ids.
+
+    Args:
+        model: a ``segrl.rm.SegmentRewardModel`` (or anything with ``score_token_ids`` and a
+            ``tokenizer``), or the path of a saved one (loaded with ``SegmentRewardModel.from_pretrained``).
+        policy_tokenizer: the policy's tokenizer; a different vocabulary raises ``ValueError``.
+        mode: how a segment reward is spread over its tokens (``"even"``, ``"end"``, ``"repeat"``).
+        normalize: apply the RM's location-aware normaliser.
+        batch_size: rows per RM forward pass.
+        device: where to load an RM given by path (default: CPU); a loaded RM stays where it is.
+    """
+
+    def __init__(self, model, *, policy_tokenizer=None, mode: str = "even", normalize: bool = True,
+                 batch_size: int = 8, device=None):
+        self._key = _cache_key("segment_rm", model if isinstance(model, (str, os.PathLike)) else object(), mode,
+                               normalize)
+        if isinstance(model, (str, os.PathLike)):
+            from segrl.rm.model import SegmentRewardModel  # lazy: the RM stack is only needed for this source
+
+            model = SegmentRewardModel.from_pretrained(os.fspath(model), device=device)
+        if not callable(getattr(model, "score_token_ids", None)):
+            raise ValueError(
+                f"`token_reward_model` must be a SegmentRewardModel (with `score_token_ids`) or its path, got "
+                f"{type(model).__name__}"
+            )
+        if policy_tokenizer is not None:
+            check_same_tokenizer(getattr(model, "tokenizer", None), policy_tokenizer, "token_reward_model")
+        self.model = model
+        self.mode, self.normalize, self.batch_size = mode, normalize, batch_size
+
+    def cache_key(self) -> str:
+        return self._key
+
+    def score(self, prompt_ids: Sequence[Sequence[int]], completion_ids: Sequence[Sequence[int]]):
+        """Token rewards as tensors: ``(rewards (N, T) float32, mask (N, T) bool)``, ``T`` the longest completion."""
+        rewards, mask = self.model.score_token_ids(
+            [list(p) for p in prompt_ids], [list(c) for c in completion_ids],
+            mode=self.mode, normalize=self.normalize, batch_size=self.batch_size,
+        )
+        lengths = torch.tensor([len(c) for c in completion_ids])
+        if mask.shape[0] != len(completion_ids) or not torch.equal(mask.sum(dim=1).cpu(), lengths):
+            raise ValueError("`token_reward_model.score_token_ids` must score every completion token of every row")
+        return rewards.float(), mask.bool()
+
+    def __call__(self, prompt_ids, completion_ids) -> list[list[float]]:
+        rewards, _ = self.score(prompt_ids, completion_ids)
+        return [rewards[i, : len(c)].tolist() for i, c in enumerate(completion_ids)]
+
+
+class ImplicitTokenRewards:
+    """The DPO implicit reward ``beta * (log pi(y_t|.) - log pi_ref(y_t|.))`` per completion token.
+
+    Args:
+        policy, ref_model: causal LMs or paths to them (a trained DPO policy and its reference).
+        beta: the implicit-reward scale, ``> 0``.
+        policy_tokenizer: the *trained* policy's tokenizer; when the pair's directory ships a
+            tokenizer it must match (``ValueError`` otherwise), and both models' vocabularies must
+            cover it.
+        batch_size: rows per forward pass.
+        device: where to run the two models (default: where they are, CPU for paths).
+    """
+
+    def __init__(self, policy, ref_model, *, beta: float = 0.1, policy_tokenizer=None, batch_size: int = 8,
+                 device=None):
+        if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not beta > 0:
+            raise ValueError(f"`implicit_beta` must be a positive number, got {beta!r}")
+        self._key = _cache_key("implicit", *(m if isinstance(m, (str, os.PathLike)) else object()
+                                             for m in (policy, ref_model)), float(beta))
+        from segrl.rewards.implicit import _check_vocab, _load
+
+        for name, model in (("implicit_policy", policy), ("implicit_ref", ref_model)):
+            if isinstance(model, (str, os.PathLike)) and policy_tokenizer is not None:
+                tok = _tokenizer_at(model)
+                if tok is not None:
+                    check_same_tokenizer(tok, policy_tokenizer, name)
+        self.policy = _load(policy, "implicit_policy")
+        self.ref_model = _load(ref_model, "implicit_ref")
+        if device is not None:
+            self.policy.to(device)
+            self.ref_model.to(device)
+        if policy_tokenizer is not None:
+            _check_vocab(policy_tokenizer, implicit_policy=self.policy, implicit_ref=self.ref_model)
+        self.beta, self.batch_size = float(beta), batch_size
+
+    def cache_key(self) -> str:
+        return self._key
+
+    def __call__(self, prompt_ids, completion_ids) -> list[list[float]]:
+        from segrl.rewards.implicit import _token_stats
+
+        enc = _encode_ids(prompt_ids, completion_ids, pad_id=0)
+        lp_pi, _ = _token_stats(self.policy, enc, batch_size=self.batch_size, logprobs=True, entropy=False)
+        lp_ref, _ = _token_stats(self.ref_model, enc, batch_size=self.batch_size, logprobs=True, entropy=False)
+        rewards = self.beta * (lp_pi - lp_ref)
+        return [rewards[i, : len(c)].tolist() for i, c in enumerate(completion_ids)]
+
+
+def _tokenizer_at(path):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(os.fspath(path))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def _encode_ids(prompt_ids, completion_ids, *, pad_id: int):
+    """``segrl.rewards.implicit``'s encoded-batch tuple built from token ids (TRL's, not re-tokenised)."""
+    from segrl.rewards.implicit import ResponseBatch
+
+    n = len(prompt_ids)
+    seqs = [list(p) + list(c) for p, c in zip(prompt_ids, completion_ids)]
+    if any(len(p) == 0 for p in prompt_ids):
+        raise ValueError("implicit token rewards need at least one prompt token per row (e.g. a BOS token)")
+    width, t_max = max(map(len, seqs)), max(len(c) for c in completion_ids)
+    input_ids = torch.full((n, width), pad_id, dtype=torch.long)
+    attention = torch.zeros((n, width), dtype=torch.long)
+    resp = torch.full((n, t_max), pad_id, dtype=torch.long)
+    resp_mask = torch.zeros((n, t_max), dtype=torch.bool)
+    for i, (s, c) in enumerate(zip(seqs, completion_ids)):
+        input_ids[i, : len(s)] = torch.tensor(s)
+        attention[i, : len(s)] = 1
+        resp[i, : len(c)] = torch.tensor(list(c), dtype=torch.long)
+        resp_mask[i, : len(c)] = True
+    starts = torch.tensor([len(p) for p in prompt_ids], dtype=torch.long)
+    return input_ids, attention, starts, ResponseBatch(resp, resp_mask, [])
+
+
+def add_token_reward_columns(dataset, source, *, batch_size: int = 64, name: str = "train"):
+    """Add ``chosen_token_rewards`` / ``rejected_token_rewards`` to a TRL-tokenised preference dataset.
+
+    ``source(prompt_ids, completion_ids) -> list[list[float]]`` is called on TRL's own
+    ``prompt_ids`` / ``chosen_ids`` / ``rejected_ids``, once per ``batch_size`` rows, in this
+    process (models are not shipped to ``dataset_num_proc`` workers). The cache fingerprint is
+    derived from the source's :meth:`cache_key` (model paths and file times), not from hashing the
+    model.
+    """
+    from datasets import Dataset
+    from datasets.fingerprint import Hasher
+
+    def compute(batch):
+        return {f"{side}_token_rewards": source(batch["prompt_ids"], batch[f"{side}_ids"])
+                for side in ("chosen", "rejected")}
+
+    kwargs = dict(batched=True, batch_size=batch_size)
+    if isinstance(dataset, Dataset):
+        kwargs["desc"] = f"Computing token rewards for {name} dataset"
+        kwargs["new_fingerprint"] = Hasher.hash((dataset._fingerprint, source.cache_key(), "segrl-token-rewards-v1"))
+    return dataset.map(compute, **kwargs)
