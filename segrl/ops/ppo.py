@@ -104,11 +104,14 @@ def ppo_policy_loss(
     loss_mask: torch.Tensor,
     *,
     clip: float = 0.2,
+    denominator: torch.Tensor | float | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Clipped surrogate averaged over the tokens of ``loss_mask`` (an ASR mask shrinks the denominator).
 
     ``-min(rho_t A_t, clip(rho_t, 1 - eps, 1 + eps) A_t)`` with ``rho_t = exp(l_t - l_old_t)``.
-    Tokens outside ``loss_mask`` get exactly zero gradient.
+    Tokens outside ``loss_mask`` get exactly zero gradient. ``denominator`` overrides the local
+    kept-token count; data-parallel callers pass ``global_count / world_size`` so that the
+    gradient average over ranks is the token mean of the global batch.
 
     Shape: all (B, T) -> scalar loss and detached stats (clip fraction, approx KL).
     """
@@ -118,7 +121,7 @@ def ppo_policy_loss(
     per_token = torch.maximum(unclipped, clipped)
     # where() rather than multiply, so masked tokens with inf/NaN ratios cannot leak into the gradient
     per_token = torch.where(loss_mask, per_token, torch.zeros_like(per_token))
-    loss = per_token.sum() / loss_mask.sum().clamp(min=1)
+    loss = per_token.sum() / (loss_mask.sum().clamp(min=1) if denominator is None else denominator)
     with torch.no_grad():
         stats = {
             "clipfrac": masked_mean((clipped > unclipped).to(logprobs.dtype), loss_mask),
@@ -128,13 +131,15 @@ def ppo_policy_loss(
 
 
 def ppo_value_loss(
-    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, *, clip: float = 0.2
+    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, *, clip: float = 0.2,
+    denominator: torch.Tensor | float | None = None,
 ) -> torch.Tensor:
-    """Clipped value loss ``0.5 * max((V - R)^2, (V_clip - R)^2)`` averaged over all response tokens.
+    """Clipped value loss ``0.5 * max((V - R)^2, (V_clip - R)^2)`` averaged over all response tokens
+    (``denominator`` as in :func:`ppo_policy_loss`).
 
     Shape: all (B, T) -> scalar.
     """
     clipped = old_values + (values - old_values).clamp(-clip, clip)
     per_token = 0.5 * torch.maximum((values - returns) ** 2, (clipped - returns) ** 2)
     per_token = torch.where(mask, per_token, torch.zeros_like(per_token))
-    return per_token.sum() / mask.sum().clamp(min=1)
+    return per_token.sum() / (mask.sum().clamp(min=1) if denominator is None else denominator)

@@ -174,8 +174,13 @@ class SegmentPPOTrainer:
             seq = dense.seq_rewards
             seq_sign = torch.where(seq >= self._global_mean(seq), 1, -1)  # ties -> +1 (SPEC §1)
             signal = token_rewards if args.asr_signal == "token_rewards" else values
+            baseline = args.asr_baseline
+            if baseline == "batch_mean":  # over the global rollout batch, so the mask does not depend on sharding
+                m = response_mask.to(signal.dtype)
+                s = self.accelerator.reduce(torch.stack([(signal * m).sum(), m.sum()]), "sum")
+                baseline = float(s[0] / s[1].clamp(min=1))
             res = ops.asr_segments(
-                signal, response_mask, seq_sign, baseline=args.asr_baseline, delta=args.asr_delta,
+                signal, response_mask, seq_sign, baseline=baseline, delta=args.asr_delta,
                 neutral=args.asr_neutral, empty=args.asr_empty,
             )
             loss_mask, fallbacks = res.keep, res.fallback.sum().float()
@@ -217,8 +222,12 @@ class SegmentPPOTrainer:
                 mb = {k: v[idx] for k, v in batch.items() if v.dim() > 0 and v.shape[0] == n}
                 logprobs = self._logprobs(self.policy, mb["query_responses"], mb["attention_mask"], context_length,
                                           mb["responses"])
+                # Token means over the *global* mini-batch: DDP averages gradients over ranks, so each rank
+                # divides its token sum by (global token count / world size).
+                policy_den, value_den = self._per_rank_denominators(mb["loss_mask"], mb["response_mask"])
                 policy_loss, pstats = ops.ppo_policy_loss(
-                    logprobs, mb["logprobs"], mb["advantages"], mb["loss_mask"], clip=args.cliprange
+                    logprobs, mb["logprobs"], mb["advantages"], mb["loss_mask"], clip=args.cliprange,
+                    denominator=policy_den,
                 )
                 self.opt_policy.zero_grad(set_to_none=True)
                 acc.backward(policy_loss)
@@ -228,7 +237,8 @@ class SegmentPPOTrainer:
                 values = forward_logits(self.critic, mb["query_responses"], mb["attention_mask"])
                 values = values[:, context_length - 1 : -1, 0].float()
                 value_loss = ops.ppo_value_loss(
-                    values, mb["values"], mb["returns"], mb["response_mask"], clip=args.cliprange_value
+                    values, mb["values"], mb["returns"], mb["response_mask"], clip=args.cliprange_value,
+                    denominator=value_den,
                 )
                 self.opt_critic.zero_grad(set_to_none=True)
                 acc.backward(args.vf_coef * value_loss)
@@ -240,6 +250,12 @@ class SegmentPPOTrainer:
                 stats["clipfrac"].append(pstats["clipfrac"].item())
                 stats["approx_kl"].append(pstats["approx_kl"].item())
         return {k: sum(v) / len(v) for k, v in stats.items()}
+
+    def _per_rank_denominators(self, loss_mask: torch.Tensor, response_mask: torch.Tensor):
+        counts = torch.stack([loss_mask.sum(), response_mask.sum()]).float()
+        world = self.accelerator.num_processes
+        counts = self.accelerator.reduce(counts, "sum") / world
+        return counts[0].clamp(min=1.0 / world), counts[1].clamp(min=1.0 / world)
 
     # ------------------------------------------------------------------ metrics
     def _rollout_metrics(self, b: dict[str, torch.Tensor]) -> dict[str, float]:
