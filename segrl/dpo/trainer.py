@@ -16,6 +16,8 @@ reference log-prob of every completion token instead (list columns ``ref_chosen_
 
 from __future__ import annotations
 
+import dataclasses
+
 import contextlib
 import os
 import textwrap
@@ -315,6 +317,20 @@ class ASRDPOTrainer(DPOTrainer):
 
     # ------------------------------------------------------------------ loss
 
+    def _global_mask_options(self, token_rewards: torch.Tensor, mask: torch.Tensor):
+        """The mask options with a ``batch_mean`` baseline resolved over the *global* batch.
+
+        Under data parallelism each rank sees a shard of the batch; a per-rank mean would make the
+        mask (and so the loss) depend on the number of processes.
+        """
+        options = self._mask_options
+        if options.baseline != "batch_mean" or self.accelerator.num_processes == 1 or options.mask_type == "none":
+            return options
+        m = mask.to(torch.float64)
+        stats = torch.stack([(torch.where(mask, token_rewards, 0).double()).sum(), m.sum()])
+        stats = self.accelerator.reduce(stats, "sum")
+        return dataclasses.replace(options, baseline=float(stats[0] / stats[1].clamp(min=1)))
+
     def _compute_loss(self, model, inputs, return_outputs):
         if not self._mask_options.needs_rewards:
             return super()._compute_loss(model, inputs, return_outputs)
@@ -341,7 +357,8 @@ class ASRDPOTrainer(DPOTrainer):
             is_boundary = table[from_input_layout(inputs["input_ids"], span)] & span.mask
         seq_sign = torch.ones(2 * n_pairs, dtype=torch.long, device=completion_mask.device)
         seq_sign[n_pairs:] = -1  # rows are [chosen x B; rejected x B]
-        kept = compute_keep_mask(token_rewards.to(completion_mask.device), span.mask, seq_sign, self._mask_options,
+        token_rewards = token_rewards.to(completion_mask.device)
+        kept = compute_keep_mask(token_rewards, span.mask, seq_sign, self._global_mask_options(token_rewards, span.mask),
                                  is_boundary)
 
         # The one line that applies ASR: TRL turns completion_mask == 0 into label -100, which the
