@@ -32,6 +32,7 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_ops.py $(BENCH_ARGS)
 	$(PY) benchmarks/bench_rm.py $(BENCH_ARGS)
+	$(PY) benchmarks/bench_dpo.py $(BENCH_ARGS)
 	$(PY) benchmarks/bench_ppo.py $(BENCH_ARGS)
 
 clean:
