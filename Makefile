@@ -1,6 +1,7 @@
 # Every target creates .venv on first use. torch==2.13.0 goes in first so pip never pulls a CUDA build.
 PYTHON ?= python3
 VENV   ?= .venv
+VENV_VERL ?= .venv-verl
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.segrl-installed
 export HF_HUB_OFFLINE=1
@@ -8,7 +9,7 @@ export TRANSFORMERS_OFFLINE=1
 export HF_DATASETS_OFFLINE=1
 export TOKENIZERS_PARALLELISM=false
 
-.PHONY: venv demo test test-fast bench clean
+.PHONY: venv demo test test-fast test-verl check-deepspeed bench clean
 
 venv: $(STAMP)
 
@@ -22,8 +23,17 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/segrl demo --output_dir runs/demo
 
-test: $(STAMP)
+# The verl plugin's tests run in their own venv: verl 0.9.1 pins transformers < 5.11.
+test: $(STAMP) test-verl
 	$(PY) -m pytest -q -n 2 --dist loadfile
+
+test-verl:
+	scripts/make_verl_venv.sh $(VENV_VERL)
+	$(VENV_VERL)/bin/python -m pytest -q -p no:cacheprovider tests/verl
+
+check-deepspeed: $(STAMP)
+	$(PY) -c "import deepspeed" 2>/dev/null || DS_BUILD_OPS=0 $(PY) -m pip install -q torch==2.13.0 deepspeed
+	scripts/check_deepspeed.sh $(VENV)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
@@ -36,4 +46,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_ppo.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) runs build *.egg-info
+	rm -rf $(VENV) $(VENV_VERL) runs build *.egg-info
