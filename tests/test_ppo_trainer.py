@@ -139,3 +139,18 @@ def test_resume_continues_the_same_trajectory(tiny_dir, tmp_path):
 def test_missing_normalizer_is_an_error():
     with pytest.raises(ValueError, match="normalizer"):
         SegmentRewardSource(lambda *a: None, threshold=1.0, normalizer=None)
+
+
+def test_tensorboard_logging(tiny_dir, tmp_path):
+    pytest.importorskip("tensorboard")
+    trainer = make_trainer(tiny_dir, tmp_path, threshold=0.0, iterations=2, report_to="tensorboard")
+    trainer.train()
+    events = list(tmp_path.rglob("events.out.tfevents.*"))
+    assert events, "no tensorboard event file written"
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(events[0].parent))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"reward", "kl", "segments_per_response", "policy_loss"} <= tags
+    assert len(acc.Scalars("reward")) == 2
