@@ -16,9 +16,8 @@ reference log-prob of every completion token instead (list columns ``ref_chosen_
 
 from __future__ import annotations
 
-import dataclasses
-
 import contextlib
+import dataclasses
 import os
 import textwrap
 
