@@ -295,3 +295,18 @@ def test_pipeline_composes_on_cuda_if_available():
     tok = ops.spread_segment_rewards(ops.location_normalize(seg, valid, coef), ids)
     assert tok.device.type == device and tok.shape == (4, 16)
     assert (tok[~(ids >= 0)] == 0).all()
+
+
+def test_float32_rewards_compare_exactly_against_a_float64_baseline():
+    # float32(0.2) = 0.20000000298..., strictly above the double 0.2: a +1 state, not a tie.
+    r = torch.tensor([[0.1, 0.2, 0.3]], dtype=torch.float32)
+    m = torch.ones(1, 3, dtype=torch.bool)
+    assert ops.hysteresis_states(r, m, 0.2, 0.0).tolist() == [[-1, 1, 1]]
+    # ... and exactly equal to the double float(float32(0.2)): a tie that inherits -1
+    b = float(torch.tensor(0.2, dtype=torch.float32))
+    assert ops.hysteresis_states(r, m, b, 0.0).tolist() == [[-1, -1, 1]]
+    # the band edges b +- delta are exact too: 0.3f is above 0.1 + 0.2 (double 0.30000000000000004)
+    assert ops.hysteresis_states(r, m, 0.1, 0.2).tolist() == [[0, 0, 1]]
+    # in float64 the reward 0.3 is below 0.1 + 0.2: inside the band
+    r64 = torch.tensor([[0.1, 0.2, 0.3]], dtype=torch.float64)
+    assert ops.hysteresis_states(r64, m, 0.1, 0.2).tolist() == [[0, 0, 0]]

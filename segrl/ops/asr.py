@@ -97,14 +97,38 @@ def hysteresis_states(rewards: torch.Tensor, mask: torch.Tensor, baseline, delta
     return _hysteresis_states(rewards, mask, _baseline_column(baseline, rewards), delta)
 
 
-def _hysteresis_states(rewards: torch.Tensor, mask: torch.Tensor, b: torch.Tensor, delta: float) -> torch.Tensor:
-    # b is float64 (B, 1): comparisons promote to double, so float32 rewards are compared exactly.
-    sign = ((rewards > b + delta) & mask).to(torch.int8) - ((rewards < b - delta) & mask).to(torch.int8)
+def _exact_thresholds(b: torch.Tensor, delta: float, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Band edges ``b +- delta`` (float64, (B, 1)) in a form comparable with rewards of ``dtype``.
+
+    For float32 rewards the edges are rounded *outwards* to float32 (``hi`` down, ``lo`` up), which
+    keeps every comparison exactly equal to the float64 one -- for a float32 ``r``,
+    ``r > hi64  <=>  r > round_down32(hi64)`` -- while sparing a float64 copy of the whole batch.
+    Other dtypes compare in float64 by type promotion.
+    """
+    hi, lo = b + delta, b - delta
+    if dtype != torch.float32:
+        return hi, lo
+    hi32, lo32 = hi.float(), lo.float()
+    hi32 = torch.where(hi32.double() > hi, torch.nextafter(hi32, torch.full_like(hi32, -torch.inf)), hi32)
+    lo32 = torch.where(lo32.double() < lo, torch.nextafter(lo32, torch.full_like(lo32, torch.inf)), lo32)
+    return hi32, lo32
+
+
+def _raw_states(rewards: torch.Tensor, mask: torch.Tensor, b: torch.Tensor, delta: float) -> torch.Tensor:
+    """Hysteresis states as int8, *not* zeroed at padding (callers mask). ``b``: float64 (B, 1)."""
+    hi, lo = _exact_thresholds(b, delta, rewards.dtype)
+    above = (rewards > hi) & mask
+    below = (rewards < lo) & mask
+    sign = above.to(torch.int8) - below.to(torch.int8)
     positions = torch.arange(rewards.shape[1], device=rewards.device).expand(sign.shape)
     # Index of the last token <= t that left the band. Where none did, index 0 is used, whose sign is
     # then 0 ("undecided") unless token 0 itself left the band, so no -1 sentinel is needed.
-    last_exit = torch.where(sign != 0, positions, 0).cummax(dim=1).values
-    return (sign.gather(1, last_exit) * mask).long()
+    last_exit = torch.where(above | below, positions, 0).cummax(dim=1).values
+    return sign.gather(1, last_exit)
+
+
+def _hysteresis_states(rewards: torch.Tensor, mask: torch.Tensor, b: torch.Tensor, delta: float) -> torch.Tensor:
+    return (_raw_states(rewards, mask, b, delta) * mask).long()
 
 
 def segment_ids_from_states(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -139,8 +163,11 @@ def _run_ids(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 def _keep_by_state(
     states: torch.Tensor, mask: torch.Tensor, seq_sign: torch.Tensor, neutral: str, empty: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Keep tokens whose state agrees with the row's sign; returns (mask, fallback rows (B,))."""
-    keep = (states == seq_sign.unsqueeze(1)) & mask
+    """Keep tokens whose state agrees with the row's sign; returns (mask, fallback rows (B,)).
+
+    ``states`` may hold anything at padding: every use is ANDed with ``mask``.
+    """
+    keep = (states == seq_sign.to(states.dtype).unsqueeze(1)) & mask
     if neutral == "keep":
         keep = keep | ((states == 0) & mask)
     fallback = mask.any(dim=1) & ~keep.any(dim=1)
@@ -180,6 +207,7 @@ def asr_segments(
 ) -> ASRResult:
     """:func:`asr_mask` plus its intermediate states, segments and fallback flags (same arguments)."""
     keep, fallback, states, b, mask = _asr_keep(rewards, mask, seq_sign, baseline, delta, neutral, empty)
+    states = (states * mask).long()
     return ASRResult(keep, states, _run_ids(states, mask), b, fallback)
 
 
@@ -189,7 +217,7 @@ def _asr_keep(rewards, mask, seq_sign, baseline, delta, neutral, empty):
     delta = check_real(delta, "delta", minimum=0.0)
     sign = seq_sign_tensor(seq_sign, rewards.shape[0], rewards.device)
     b = _resolve_baseline(rewards, mask, baseline)
-    states = _hysteresis_states(rewards, mask, b.unsqueeze(1), delta)
+    states = _raw_states(rewards, mask, b.unsqueeze(1), delta)
     keep, fallback = _keep_by_state(states, mask, sign, neutral, empty)
     return keep, fallback, states, b, mask
 
