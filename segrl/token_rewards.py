@@ -35,6 +35,7 @@ from dataclasses import dataclass
 
 import torch
 
+from segrl.ops import parse_baseline as ops_parse_baseline
 from segrl.ops import (
     asr_segments,
     resolve_baseline,
@@ -74,21 +75,8 @@ DEFAULT_BOUNDARY_CHARS = ".!?;:\n"
 
 
 def parse_baseline(value) -> str | float:
-    """A baseline option as the core ops take it: a name in :data:`BASELINE_NAMES` or a finite float.
-
-    Strings that spell a number (``"0.5"``, as a CLI or YAML may deliver them) become floats.
-    """
-    if isinstance(value, str) and value in BASELINE_NAMES:
-        return value
-    if isinstance(value, bool):
-        raise ValueError(f"`asr_baseline` must be one of {BASELINE_NAMES} or a number, got {value!r}")
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"`asr_baseline` must be one of {BASELINE_NAMES} or a number, got {value!r}") from None
-    if not math.isfinite(number):
-        raise ValueError(f"`asr_baseline` must be finite, got {value!r}")
-    return number
+    """A baseline option as the core ops take it (see :func:`segrl.ops.parse_baseline`)."""
+    return ops_parse_baseline(value, "asr_baseline")
 
 
 @dataclass(frozen=True)

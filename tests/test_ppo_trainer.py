@@ -1,9 +1,6 @@
 """Dense-reward PPO on tiny offline models with a rule-scored task (SPEC §3)."""
 
-import copy
-import json
 import math
-import os
 
 import pytest
 import torch

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import pytest
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 FAST = dict(bf16=False, gradient_checkpointing=False, use_cpu=True, report_to="none", max_steps=2,

@@ -23,10 +23,11 @@ Examples::
 
 from __future__ import annotations
 
-import math
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Optional
+
+from segrl.ops import parse_baseline as ops_parse_baseline
 
 BASELINE_NAMES = ("batch_mean", "sequence_mean", "zero")
 
@@ -85,16 +86,7 @@ def parse_config(argv: list[str]) -> VizConfig:
 
 
 def parse_baseline(value: str | float) -> str | float:
-    """``"batch_mean"`` / ``"sequence_mean"`` / ``"zero"`` stay names; anything else must be a number."""
-    if isinstance(value, str) and value in BASELINE_NAMES:
-        return value
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"baseline must be one of {BASELINE_NAMES} or a number, got {value!r}") from None
-    if not math.isfinite(number):
-        raise ValueError(f"baseline must be finite, got {value!r}")
-    return number
+    return ops_parse_baseline(value, "baseline")
 
 
 # --------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ import torch
 from trl import GRPOConfig, GRPOTrainer
 
 from segrl import ops
+from segrl.ops import parse_baseline
 from segrl.ppo.trainer import response_mask_from
 
 
@@ -41,12 +42,7 @@ class SegmentGRPOConfig(GRPOConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if isinstance(self.asr_baseline, str) and self.asr_baseline not in ("batch_mean", "sequence_mean", "zero"):
-            try:
-                self.asr_baseline = float(self.asr_baseline)
-            except ValueError:
-                raise ValueError(f"`asr_baseline` must be batch_mean | sequence_mean | zero | a number, "
-                                 f"got {self.asr_baseline!r}") from None
+        self.asr_baseline = parse_baseline(self.asr_baseline, "asr_baseline")
 
 
 def dense_group_advantages(seg_rewards: torch.Tensor, seg_valid: torch.Tensor, segment_ids: torch.Tensor,

@@ -6,6 +6,7 @@ loop-free over ``B`` and ``T``. See SPEC §1 for the rules implemented here.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +23,24 @@ from ._checks import (
 BASELINE_MODES = ("batch_mean", "sequence_mean", "zero")
 NEUTRAL_POLICIES = ("drop", "keep")
 EMPTY_POLICIES = ("full", "none")
+
+
+def parse_baseline(value, name: str = "baseline") -> str | float:
+    """A baseline option as :func:`resolve_baseline` takes it: a name in ``BASELINE_MODES`` or a finite float.
+
+    Strings that spell a number (``"0.5"``, as a CLI flag or YAML value may arrive) become floats.
+    """
+    if isinstance(value, str) and value in BASELINE_MODES:
+        return value
+    if isinstance(value, bool):
+        raise ValueError(f"`{name}` must be one of {BASELINE_MODES} or a number, got {value!r}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"`{name}` must be one of {BASELINE_MODES} or a number, got {value!r}") from None
+    if math.isnan(number) or math.isinf(number):
+        raise ValueError(f"`{name}` must be finite, got {value!r}")
+    return number
 
 
 def _checked_rewards(rewards: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from segrl.ops import parse_baseline
+
 
 @dataclass
 class SegmentPPOConfig:
@@ -77,10 +79,4 @@ class SegmentPPOConfig:
                 f"`rollout_batch_size` ({self.rollout_batch_size}) must be a multiple of "
                 f"`mini_batch_size` ({self.mini_batch_size})"
             )
-        if isinstance(self.asr_baseline, str) and self.asr_baseline not in ("batch_mean", "sequence_mean", "zero"):
-            try:
-                self.asr_baseline = float(self.asr_baseline)
-            except ValueError:
-                raise ValueError(
-                    f"`asr_baseline` must be batch_mean | sequence_mean | zero | a number, got {self.asr_baseline!r}"
-                ) from None
+        self.asr_baseline = parse_baseline(self.asr_baseline, "asr_baseline")
