@@ -29,7 +29,6 @@ from typing import Any, Optional
 
 from segrl.ops import parse_baseline as ops_parse_baseline
 
-BASELINE_NAMES = ("batch_mean", "sequence_mean", "zero")
 
 
 @dataclass
