@@ -98,17 +98,11 @@ def test_two_processes_match_one(runs, case):
 # slow: the other trainers, gradient accumulation, the harness itself, DeepSpeed
 # ----------------------------------------------------------------------------------------------------------------------
 
-GRPO_LOCAL_BASELINE = (
-    "segrl/grpo/trainer.py resolves the ASR batch_mean baseline over the rows of the local process only "
-    "(ops.asr_segments(..., baseline=self.args.asr_baseline)); remove this marker once it is reduced over all "
-    "processes as in segrl/ppo/trainer.py"
-)
-
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", [
     "rm_ga2", "dpo_seqmean_precompute", "dpo_segment_rm", "rs", "ppo", "grpo_zero",
-    pytest.param("grpo", marks=pytest.mark.xfail(reason=GRPO_LOCAL_BASELINE, strict=True)),
+    "grpo",
 ])
 def test_two_processes_match_one_slow(runs, case):
     runs.reference(SLOW_CASES)
@@ -144,9 +138,6 @@ def test_harness_detects_a_per_rank_baseline(runs, monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "precompute_ref_log_probs with an in-memory dataset: the cache file is in a per-process temporary "
-    "directory (dataset._get_cache_file_path), so rank 1 cannot read what rank 0 wrote (as in TRL's DPOTrainer)"))
 def test_dpo_precompute_in_memory_dataset(runs):
     runs.reference(["dpo_precompute_inmemory"])
     _assert_match(_check(runs, "dpo_precompute_inmemory", runs.get(["dpo_precompute_inmemory"], 2), 2))

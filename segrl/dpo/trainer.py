@@ -235,8 +235,11 @@ class ASRDPOTrainer(DPOTrainer):
         fingerprint = [Hasher.hash(key)]
         broadcast_object_list(fingerprint, from_process=0)
         fingerprint = fingerprint[0]
-        cache_file = dataset._get_cache_file_path(fingerprint)
-        if os.path.exists(cache_file):
+        # An in-memory dataset would cache into a per-process temporary directory that other ranks
+        # cannot read, so its columns are built in memory on every rank instead (each rank holds them all).
+        file_backed = bool(dataset.cache_files)
+        cache_file = dataset._get_cache_file_path(fingerprint) if file_backed else None
+        if file_backed and os.path.exists(cache_file):
             return concatenate_datasets([dataset, Dataset.from_file(cache_file)], axis=1)
 
         loader = DataLoader(dataset, batch_size=batch_size, collate_fn=self._asr_collator(),
@@ -261,6 +264,9 @@ class ASRDPOTrainer(DPOTrainer):
                 values, lengths = self.accelerator.gather_for_metrics((values, lengths))
                 per_side[side] += [v[:n].tolist() for v, n in zip(values.cpu(), lengths.tolist())]
 
+        if not file_backed:
+            columns = {f"ref_{side}_token_logps": per_side[side] for side in per_side}
+            return concatenate_datasets([dataset, Dataset.from_dict(columns)], axis=1)
         if self.accelerator.is_main_process:
             def add_columns(_batch, indices):
                 return {f"ref_{side}_token_logps": [per_side[side][i] for i in indices] for side in per_side}

@@ -123,14 +123,21 @@ class SegmentGRPOTrainer(GRPOTrainer):
             padded[:, : token_rewards.shape[1]] = token_rewards
             seq = seg.scores.to(device)
             seq_sign = torch.where(seq >= self._group_mean_of(seq), 1, -1)
-            res = ops.asr_segments(padded, response_mask, seq_sign, baseline=self.args.asr_baseline,
+            baseline = self.args.asr_baseline
+            if baseline == "batch_mean":  # over every rank's rows, so the mask does not depend on sharding
+                m = response_mask.to(padded.dtype)
+                stats = self.accelerator.reduce(torch.stack([(padded * m).sum(), m.sum()]), "sum")
+                baseline = float(stats[0] / stats[1].clamp(min=1))
+            res = ops.asr_segments(padded, response_mask, seq_sign, baseline=baseline,
                                    delta=self.args.asr_delta, neutral=self.args.asr_neutral, empty=self.args.asr_empty)
             tool_mask = out.get("tool_mask")
             keep = res.keep.int() if tool_mask is None else res.keep.int() * tool_mask
             out["tool_mask"] = keep
             out["num_items_in_batch"] = self.accelerator.gather((out["completion_mask"] * keep).sum()).sum()
-            kept = (out["completion_mask"] * keep).sum() / out["completion_mask"].sum().clamp(min=1)
-            self._metrics[mode]["kept_token_fraction"].append(self.accelerator.gather(kept).mean().item())
+            counts = self.accelerator.reduce(
+                torch.stack([(out["completion_mask"] * keep).sum(), out["completion_mask"].sum()]).float(), "sum"
+            )
+            self._metrics[mode]["kept_token_fraction"].append((counts[0] / counts[1].clamp(min=1)).item())
             self._metrics[mode]["asr_fallbacks"].append(self.accelerator.gather(res.fallback.sum()).sum().item())
         return out
 

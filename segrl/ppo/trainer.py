@@ -245,10 +245,11 @@ class SegmentPPOTrainer:
                 acc.clip_grad_norm_(self.critic.parameters(), args.max_grad_norm)
                 self.opt_critic.step()
 
-                stats["policy_loss"].append(policy_loss.item())
-                stats["value_loss"].append(value_loss.item())
-                stats["clipfrac"].append(pstats["clipfrac"].item())
-                stats["approx_kl"].append(pstats["approx_kl"].item())
+                # Each rank's loss is its share of the global token mean: the logged value is their mean.
+                logged = acc.reduce(torch.stack([policy_loss.detach(), value_loss.detach(), pstats["clipfrac"],
+                                                 pstats["approx_kl"]]).float(), "mean")
+                for key, value in zip(("policy_loss", "value_loss", "clipfrac", "approx_kl"), logged.tolist()):
+                    stats[key].append(value)
         return {k: sum(v) / len(v) for k, v in stats.items()}
 
     def _per_rank_denominators(self, loss_mask: torch.Tensor, response_mask: torch.Tensor):
@@ -259,22 +260,34 @@ class SegmentPPOTrainer:
 
     # ------------------------------------------------------------------ metrics
     def _rollout_metrics(self, b: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Rollout statistics over the global batch: sums are reduced across ranks, then divided."""
         mask, seg = b["response_mask"], b["segment_ids"]
         n_seg = ops.segment_counts(seg).float()
-        seg_tokens = (seg >= 0).sum(dim=1).float()
-        local = {
-            "reward": b["seq_rewards"].mean(),
-            "token_reward_sum": b["token_rewards"].sum(dim=1).mean(),
-            "kl": b["kl"].sum(dim=1).mean(),
-            "response_length": mask.sum(dim=1).float().mean(),
-            "truncated_fraction": b["truncated"].float().mean(),
-            "segments_per_response": n_seg.mean(),
-            "mean_segment_length": seg_tokens.sum() / n_seg.sum().clamp(min=1),
-            "kept_token_fraction": b["loss_mask"].sum() / mask.sum().clamp(min=1),
+        sums = {
+            "reward": b["seq_rewards"].sum(),
+            "token_reward_sum": b["token_rewards"].sum(),
+            "kl": b["kl"].sum(),
+            "response_length": mask.sum(),
+            "truncated_fraction": b["truncated"].sum(),
+            "segments_per_response": n_seg.sum(),
+            "segment_tokens": (seg >= 0).sum(),
+            "kept_tokens": b["loss_mask"].sum(),
             "asr_fallbacks": b["fallbacks"],
+            "rows": torch.tensor(mask.shape[0], device=mask.device),
         }
-        values = self.accelerator.reduce(torch.stack(list(local.values())).float(), "mean")
-        return {k: float(v) for k, v in zip(local, values)}
+        t = dict(zip(sums, self.accelerator.reduce(torch.stack([v.float() for v in sums.values()]), "sum").tolist()))
+        rows, tokens = max(t["rows"], 1.0), max(t["response_length"], 1.0)
+        return {
+            "reward": t["reward"] / rows,
+            "token_reward_sum": t["token_reward_sum"] / rows,
+            "kl": t["kl"] / rows,
+            "response_length": t["response_length"] / rows,
+            "truncated_fraction": t["truncated_fraction"] / rows,
+            "segments_per_response": t["segments_per_response"] / rows,
+            "mean_segment_length": t["segment_tokens"] / max(t["segments_per_response"], 1.0),
+            "kept_token_fraction": t["kept_tokens"] / tokens,
+            "asr_fallbacks": t["asr_fallbacks"],
+        }
 
     # ------------------------------------------------------------------ loop
     def train(self) -> list[dict]:
