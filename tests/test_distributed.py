@@ -143,28 +143,16 @@ def test_dpo_precompute_in_memory_dataset(runs):
     _assert_match(_check(runs, "dpo_precompute_inmemory", runs.get(["dpo_precompute_inmemory"], 2), 2))
 
 
-RM_ZERO3 = ("under ZeRO-3 frozen helper models (the RM trainer's reference, a saved SegmentRewardModel) are loaded "
-            "inside zero.Init, so their weights are empty: ValueError (0 embedding rows / vocabulary [0, 0)); the RM "
-            "trainer with 2 processes deadlocks (rank 0 broadcasts parameters inside zero.Init while rank 1 waits in "
-            "main_process_first's barrier). Remove once they are loaded unpartitioned")
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(not HAS_DEEPSPEED, reason="deepspeed is not installed (DS_BUILD_OPS=0 pip install deepspeed)")
 @pytest.mark.parametrize("stage", ["zero2", "zero3"])
 @pytest.mark.parametrize("nproc", [1, 2])
 @pytest.mark.parametrize("case", DS_CASES)
-def test_deepspeed_matches_plain_single_process(runs, request, stage, nproc, case):
+def test_deepspeed_matches_plain_single_process(runs, stage, nproc, case):
     """ASR-DPO and the segment RM under ZeRO-2 / ZeRO-3 (examples/deepspeed/*.json), 1 and 2 processes,
     against the plain single-process run: same losses, gradient norms and (gathered) final weights."""
     if not launch.DEEPSPEED_CONFIGS[stage].exists():
         pytest.skip(f"{launch.DEEPSPEED_CONFIGS[stage]} is missing")
-    if case in ("rm", "dpo_segment_rm") and stage == "zero3":
-        if case == "rm" and nproc == 2:
-            # Deadlocks until the launch timeout (see RM_ZERO3), so it is not launched. The 1-process
-            # variant is a strict xfail: when it starts passing, delete this branch too.
-            pytest.xfail(RM_ZERO3)
-        request.applymarker(pytest.mark.xfail(reason=RM_ZERO3, strict=True))
     runs.reference(DS_CASES)
     # ZeRO-2 runs both cases in one launch; ZeRO-3 one launch per case, so that a failing case cannot
     # take the other down with it.

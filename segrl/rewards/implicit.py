@@ -195,7 +195,10 @@ def _load(model, name: str):
     if isinstance(model, (str, os.PathLike)):
         from transformers import AutoModelForCausalLM
 
-        return AutoModelForCausalLM.from_pretrained(os.fspath(model))
+        from segrl._deepspeed import whole_model_loading
+
+        with whole_model_loading():
+            return AutoModelForCausalLM.from_pretrained(os.fspath(model))
     if not isinstance(model, torch.nn.Module):
         raise ValueError(f"`{name}` must be a causal LM module or a path to one, got {type(model).__name__}")
     return model

@@ -34,8 +34,11 @@ def load_reference_model(name_or_path, *, device=None, **init_kwargs):
     elif isinstance(name_or_path, (str, os.PathLike)) and str(name_or_path):
         from transformers import AutoModelForCausalLM
 
+        from segrl._deepspeed import whole_model_loading
+
         init_kwargs.setdefault("dtype", torch.float32)
-        model = AutoModelForCausalLM.from_pretrained(os.fspath(name_or_path), **init_kwargs)
+        with whole_model_loading():
+            model = AutoModelForCausalLM.from_pretrained(os.fspath(name_or_path), **init_kwargs)
     else:
         raise ValueError(f"`reference_model` must be a causal LM, a local path or a Hub id, got {name_or_path!r}")
     if device is not None:
@@ -48,7 +51,9 @@ def load_reference_model(name_or_path, *, device=None, **init_kwargs):
 def _embedding_rows(model) -> int:
     emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     if emb is not None and getattr(emb, "weight", None) is not None:
-        return int(emb.weight.shape[0])
+        from segrl._deepspeed import embedding_rows
+
+        return embedding_rows(emb.weight)
     return int(model.config.get_text_config().vocab_size)
 
 

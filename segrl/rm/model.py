@@ -281,14 +281,18 @@ class SegmentRewardModel:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         path = os.fspath(path)
-        if os.path.isfile(os.path.join(path, "adapter_config.json")):
-            from peft import PeftConfig, PeftModel
+        from segrl._deepspeed import whole_model_loading
 
-            base_id = PeftConfig.from_pretrained(path).base_model_name_or_path
-            base = AutoModelForSequenceClassification.from_pretrained(base_id, num_labels=1, dtype=dtype, **init_kwargs)
-            model = PeftModel.from_pretrained(base, path).merge_and_unload()
-        else:
-            model = AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype, **init_kwargs)
+        with whole_model_loading():  # a frozen scorer: never partitioned by ZeRO-3
+            if os.path.isfile(os.path.join(path, "adapter_config.json")):
+                from peft import PeftConfig, PeftModel
+
+                base_id = PeftConfig.from_pretrained(path).base_model_name_or_path
+                base = AutoModelForSequenceClassification.from_pretrained(base_id, num_labels=1, dtype=dtype,
+                                                                          **init_kwargs)
+                model = PeftModel.from_pretrained(base, path).merge_and_unload()
+            else:
+                model = AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype, **init_kwargs)
         tokenizer = AutoTokenizer.from_pretrained(path)
         settings = SegmentRMSettings.from_dict(getattr(model.config, CONFIG_KEY, None))
         if device is not None:
@@ -389,7 +393,9 @@ class SegmentRewardModel:
         if entropy is not None:
             if len(entropy) != n or any(len(e) != len(r) for e, r in zip(entropy, response_ids)):
                 raise ValueError("`entropy` must have one value per response token of every row")
-        vocab = int(self.model.get_input_embeddings().weight.shape[0])
+        from segrl._deepspeed import embedding_rows
+
+        vocab = embedding_rows(self.model.get_input_embeddings().weight)
         bad = [i for i, (p, r) in enumerate(zip(prompt_ids, response_ids))
                if any(t < 0 or t >= vocab for t in [*p, *r])]
         if bad:

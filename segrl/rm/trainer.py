@@ -303,8 +303,10 @@ class SegmentRewardTrainer(RewardTrainer):
 def _vocab_rows(model, args) -> int | None:
     """Embedding rows of the RM, without loading weights when ``model`` is a path / id."""
     if isinstance(model, nn.Module):
+        from segrl._deepspeed import embedding_rows
+
         emb = model.get_input_embeddings()
-        return int(emb.weight.shape[0]) if emb is not None else None
+        return embedding_rows(emb.weight) if emb is not None else None
     from transformers import AutoConfig
 
     kwargs = {k: v for k, v in (args.model_init_kwargs or {}).items() if k in {"revision", "trust_remote_code"}}
