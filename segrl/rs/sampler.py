@@ -134,10 +134,18 @@ def load_candidates(path: str | os.PathLike, tokenizer) -> list[dict]:
 
 
 def _write_jsonl(path: Path, rows: Sequence[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
+    """Written by the main process only (every rank holds the same rows), atomically."""
+    from accelerate import PartialState
+
+    state = PartialState()
+    if state.is_main_process:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "w") as f:
+            for row in rows:
+                f.write(json.dumps(row) + "\n")
+        os.replace(tmp, path)
+    state.wait_for_everyone()
 
 
 class ASRRejectionSampler:
@@ -211,16 +219,24 @@ class ASRRejectionSampler:
         """Sample `args.num_candidates` responses per prompt.
 
         Prompts are left-padded and sampled `args.generation_batch_size` at a time. A response ends
-        after its first EOS (kept, as TRL's completions keep it) or at `max_new_tokens`.
+        after its first EOS (kept, as TRL's completions keep it) or at `max_new_tokens`. Under several
+        processes each rank samples its share of the prompts (seeded by rank) and every rank gets
+        all records back, in prompt order.
 
         Returns:
             One record per prompt: `prompt`, `prompt_ids`, `candidates` (texts), `candidate_ids`.
         """
         from transformers import set_seed
 
+        from accelerate import PartialState
+        from accelerate.utils import gather_object
+
         args, tok = self.args, self.tokenizer
         prompts = self._prompt_list(prompts)
-        set_seed(args.seed)
+        state = PartialState()
+        order = list(range(state.process_index, len(prompts), state.num_processes))
+        all_prompts, prompts = prompts, [prompts[i] for i in order]
+        set_seed(args.seed + state.process_index)
         device = args.device
         self.model.to(device)
         was_training = self.model.training
@@ -255,7 +271,14 @@ class ASRRejectionSampler:
                     })
         finally:
             self.model.train(was_training)
-        return records
+        if state.num_processes == 1:
+            return records
+        for index, record in zip(order, records):
+            record["_index"] = index
+        gathered = sorted(gather_object(records), key=lambda r: r.pop("_index"))
+        if len(gathered) != len(all_prompts):
+            raise RuntimeError(f"gathered {len(gathered)} prompt records from all ranks, expected {len(all_prompts)}")
+        return gathered
 
     # ------------------------------------------------------------------ scoring
 
