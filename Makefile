@@ -8,8 +8,9 @@ export HF_HUB_OFFLINE=1
 export TRANSFORMERS_OFFLINE=1
 export HF_DATASETS_OFFLINE=1
 export TOKENIZERS_PARALLELISM=false
+export DS_BUILD_OPS=0
 
-.PHONY: venv demo test test-fast test-verl check-deepspeed bench clean
+.PHONY: venv demo test test-fast test-verl check-distributed check-deepspeed bench clean
 
 venv: $(STAMP)
 
@@ -30,6 +31,9 @@ test: $(STAMP) test-verl
 test-verl:
 	scripts/make_verl_venv.sh $(VENV_VERL)
 	$(VENV_VERL)/bin/python -m pytest -q -p no:cacheprovider tests/verl
+
+check-distributed: $(STAMP)
+	scripts/check_distributed.sh $(VENV)
 
 check-deepspeed: $(STAMP)
 	$(PY) -c "import deepspeed" 2>/dev/null || DS_BUILD_OPS=0 $(PY) -m pip install -q torch==2.13.0 deepspeed
