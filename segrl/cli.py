@@ -13,7 +13,8 @@ import os
 import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("segrl.commands.demo", "end-to-end demo on the embedded tiny model and data"),
+    "demo": ("segrl.commands.demo", "the whole pipeline on the tiny model and built-in task, with an HTML report"),
+    "experiment": ("segrl.commands.experiment", "credit-assignment benchmark: every method, several seeds, results + plots"),
     "viz": ("segrl.commands.viz", "render token rewards / segments / masks as an HTML (and PNG) heat-map"),
     "dpo": ("segrl.commands.dpo", "ASR-DPO on TRL (segment-masked DPO; --mask_type none is vanilla DPO)"),
     "rs": ("segrl.commands.rs", "ASR rejection sampling: sample K, score with a segment RM, masked SFT on the best"),

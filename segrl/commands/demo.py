@@ -1,245 +1,220 @@
-"""``segrl demo``: ASR on the built-in tiny model pair and arithmetic preference data, end to end.
+"""``segrl demo``: the whole segrl pipeline on the embedded tiny model and the built-in task.
 
-Steps:
+1. **SFT** — a tiny Llama (263k parameters) on ``segrl.tasks.make_sft_data`` (running sums with
+   systematic carry errors). The packaged checkpoint built by ``scripts/make_sft_checkpoint.py`` with
+   exactly these settings is reused unless ``--train_sft`` (about 4 minutes more on one core).
+2. **Preference pairs** — 4 samples per training prompt from the SFT model; chosen = fewest wrong
+   parts, rejected = most (about half the pairs carry the credit-assignment conflict).
+3. **Reward models** — ``segrl.rm``: the segment RM (entropy threshold ``--segment_threshold``) and the
+   token RM (c = 0) trained on the pairs, location normaliser fitted, pairwise accuracy on held-out
+   pairs, and how well their token rewards match the oracle's step verdicts (credit AUC).
+4. **Policies** — DPO, ASR-DPO (token rewards from the RM) and segment-reward PPO, each evaluated on
+   held-out prompts during training (``--methods`` picks others, see ``segrl experiment``).
+5. **Report** — the evaluation table (printed), learning curves, the comparison chart and token
+   heat-maps of held-out responses with the RM's segments and the ASR mask, all in one HTML file:
+   ``OUTPUT_DIR/report.html``.
 
-1. build (or reuse) a tiny SFT reference model and a DPO-trained policy in ``OUTPUT_DIR/models``
-   (:func:`segrl.models.make_tiny_pair`, a few seconds on two CPU cores);
-2. score every response token of the built-in preference pairs with the implicit DPO reward
-   ``beta * (log pi - log pi_ref)`` (:func:`segrl.rewards.implicit_token_rewards`);
-3. segment with the ASR hysteresis rule and build the ASR keep-mask (SPEC §1), chosen rows with
-   sequence sign +1 and rejected rows with -1, the baseline resolved over both sides together;
-4. print segment statistics, and write ``heatmap.html``, ``heatmap.png`` and
-   ``token_rewards.jsonl`` (re-render it with ``segrl viz --token_rewards_file``).
+Every stage is cached in ``--output_dir``: a second run only redoes what changed (``--rebuild``
+redoes everything). ``--quick`` shrinks every stage to a smoke test (under a minute).
 
 Examples::
 
     segrl demo --output_dir runs/demo
-    segrl demo --delta 0.02 --baseline zero
-    segrl demo --config demo.yaml
+    segrl demo --quick --output_dir /tmp/demo
+    segrl demo --methods dpo asr_dpo_oracle --dpo_steps 60
 """
 
 from __future__ import annotations
 
 import json
-import math
+import os
+import shlex
 import sys
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from segrl.models.tiny_data import step_correctness
+from segrl.pipeline.options import PipelineOptions
 
-BASELINE_NAMES = ("batch_mean", "sequence_mean", "zero")
+DEMO_METHODS = ["dpo", "asr_dpo_segrm", "ppo_segment"]
+
+#: What ``--quick`` changes (every stage a few steps; the numbers are then meaningless).
+QUICK = dict(
+    pair_prompts=96, rm_epochs=1.0, rm_batch_size=16, dpo_steps=6, dpo_batch_size=8, ppo_iterations=3,
+    ppo_rollout_batch_size=8, ppo_mini_batch_size=8, rs_prompts=16, rs_steps=4, eval_dev=24, eval_test=48,
+    eval_checkpoints=2, heatmap_prompts=2,
+)
 
 
 @dataclass
-class DemoConfig:
+class DemoConfig(PipelineOptions):
     """Options of ``segrl demo`` (flags, or keys of the ``--config`` YAML file)."""
 
-    output_dir: str = field(
-        default="runs/demo",
-        metadata={"help": "Where the models (OUTPUT_DIR/models), heat-maps and token_rewards.jsonl are written."},
-    )
-    beta: float = field(default=0.1, metadata={"help": "beta of the implicit reward beta * (log pi - log pi_ref)."})
-    baseline: str = field(
-        default="batch_mean",
-        metadata={"help": "ASR baseline: batch_mean (over chosen and rejected together), sequence_mean, zero, "
-                          "or a number."},
-    )
-    delta: float = field(default=0.0, metadata={"help": "ASR hysteresis half-width (>= 0)."})
-    seed: int = field(default=0, metadata={"help": "Seed of the tiny models (a new seed builds a new pair)."})
-    arch: str = field(default="llama", metadata={"help": "Tiny model architecture: llama or qwen2."})
-    png_pairs: int = field(
-        default=6, metadata={"help": "Preference pairs drawn in heatmap.png (the HTML shows all of them)."}
-    )
-    rebuild: bool = field(default=False, metadata={"help": "Rebuild the tiny models even if OUTPUT_DIR/models has them."})
+    output_dir: str = field(default="runs/demo", metadata={"help": "Where every stage, the results and report.html go."})
+    quick: bool = field(default=False, metadata={"help": "A smoke test: every stage a few steps (under a minute)."})
+    seed: int = field(default=0, metadata={"help": "Seed of the pairs, the RMs and the policy runs."})
+    methods: list[str] = field(default_factory=lambda: list(DEMO_METHODS),
+                               metadata={"help": "Methods compared with SFT (segrl.pipeline.settings.METHODS)."})
+    heatmap_prompts: int = field(default=6, metadata={"help": "Held-out prompts shown in the token heat-maps."})
+    rebuild: bool = field(default=False, metadata={"help": "Ignore cached stages in OUTPUT_DIR and redo everything."})
+    pair_prompts: int = field(default=1500, metadata={"help": "Training prompts the pairs are sampled from."})
+    dpo_steps: int = field(default=80, metadata={"help": "DPO steps per run."})
+    ppo_iterations: int = field(default=30, metadata={"help": "PPO iterations."})
+    title: str = field(default="segrl demo: SFT -> pairs -> segment RM -> DPO / ASR-DPO / segment PPO",
+                       metadata={"help": "Report title."})
+
+    @property
+    def seeds(self) -> list[int]:
+        return [self.seed]
+
+    @property
+    def share_sft(self) -> bool:
+        return True
 
 
 def parse_config(argv: list[str]) -> DemoConfig:
-    """Parse flags (and ``--config x.yaml``) into a :class:`DemoConfig`."""
+    """Parse flags (and ``--config x.yaml``) into a :class:`DemoConfig`; ``--quick`` applies :data:`QUICK`
+    to every option not given explicitly."""
     from trl import TrlParser
 
     (cfg,) = TrlParser((DemoConfig,), prog="segrl demo").parse_args_and_config(args=argv)
+    if cfg.quick:
+        given = {a.split("=", 1)[0].lstrip("-") for a in argv if a.startswith("--")} | _yaml_keys(argv)
+        names = {f.name for f in fields(DemoConfig)}
+        for key, value in QUICK.items():
+            if key in names and key not in given:
+                setattr(cfg, key, value)
     return cfg
 
 
-def parse_baseline(value: str | float) -> str | float:
-    """Baseline names stay strings; anything else must parse as a finite number."""
-    if isinstance(value, str) and value in BASELINE_NAMES:
-        return value
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"`baseline` must be one of {BASELINE_NAMES} or a number, got {value!r}") from None
-    if not math.isfinite(number):
-        raise ValueError(f"`baseline` must be finite, got {value!r}")
-    return number
+def _yaml_keys(argv: list[str]) -> set[str]:
+    """Keys set by the ``--config`` YAML file, if any (they win over ``--quick`` like flags do)."""
+    import yaml
+
+    for i, arg in enumerate(argv):
+        path = arg.split("=", 1)[1] if arg.startswith("--config=") else (
+            argv[i + 1] if arg == "--config" and i + 1 < len(argv) else None)
+        if path:
+            with open(path) as fh:
+                return set((yaml.safe_load(fh) or {}).keys())
+    return set()
 
 
-def _validate(cfg: DemoConfig) -> None:
-    if not (math.isfinite(cfg.beta) and cfg.beta > 0):
-        raise ValueError(f"`beta` must be a positive number, got {cfg.beta}")
-    if not (math.isfinite(cfg.delta) and cfg.delta >= 0):
-        raise ValueError(f"`delta` must be >= 0, got {cfg.delta}")
-    if cfg.arch not in ("llama", "qwen2"):
-        raise ValueError(f"`arch` must be llama or qwen2, got {cfg.arch!r}")
-    if cfg.png_pairs < 1:
-        raise ValueError(f"`png_pairs` must be >= 1, got {cfg.png_pairs}")
-    parse_baseline(cfg.baseline)
+def validate(cfg: DemoConfig) -> None:
+    from segrl.pipeline.settings import METHODS
+
+    unknown = [m for m in cfg.methods if m not in METHODS]
+    if unknown or not cfg.methods:
+        raise ValueError(f"`methods` must name methods of {sorted(METHODS)}, got {cfg.methods}")
+    if cfg.heatmap_prompts < 1:
+        raise ValueError(f"`heatmap_prompts` must be >= 1, got {cfg.heatmap_prompts}")
+    if cfg.heatmap_prompts > cfg.eval_test:
+        raise ValueError(f"`heatmap_prompts` ({cfg.heatmap_prompts}) must be <= `eval_test` ({cfg.eval_test})")
+    if not cfg.asr_delta >= 0:
+        raise ValueError(f"`asr_delta` must be >= 0, got {cfg.asr_delta}")
+    cfg.stage_settings()  # validates every stage's options
 
 
-def _pad_to(x, width: int, value):
-    """Right-pad a ``(B, T)`` tensor to ``(B, width)``."""
-    import torch
-
-    pad = torch.full((x.shape[0], width - x.shape[1]), value, dtype=x.dtype)
-    return torch.cat([x, pad], dim=1)
-
-
-def segment_stats(mask, kept, segment_ids, fallback) -> dict[str, float]:
-    """Summary numbers of one group of rows (tensors of shape ``(B, T)``; ``fallback`` ``(B,)``)."""
-    n_tokens = int(mask.sum())
-    n_segments = (segment_ids.max(dim=1).values + 1).clamp(min=0)  # K_b; ids are 0..K_b-1
-    return {
-        "responses": mask.shape[0],
-        "tokens": n_tokens,
-        "kept": int(kept.sum()),
-        "kept_fraction": int(kept.sum()) / max(n_tokens, 1),
-        "segments_per_response": float(n_segments.float().mean()),
-        "mean_segment_length": int((segment_ids >= 0).sum()) / max(int(n_segments.sum()), 1),
-        "fallbacks": int(fallback.sum()),
-    }
-
-
-def _verdict(prompt: str, response: str) -> str:
-    """`` · wrong step, wrong answer``-style title suffix: what the arithmetic checker finds."""
-    ok = step_correctness(prompt, response)
-    found = [text for text, bad in (("wrong step", not all(ok[:-1])), ("wrong answer", not ok[-1])) if bad]
-    return " · " + ", ".join(found) if found else ""
-
-
-def run(cfg: DemoConfig, console=None) -> dict[str, Path]:
-    """Run the demo; returns the paths written (``html``, ``png``, ``jsonl``, ``models``)."""
-    import torch
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-    from rich.table import Table
-
-    from segrl.models import load_tiny_prefs, make_tiny_pair
-    from segrl.ops import asr_mask, hysteresis_states, resolve_baseline, segment_ids_from_states
-    from segrl.rewards import implicit_token_rewards
+def _heatmap(cfg: DemoConfig, pipeline, results: list[dict], out: Path, console) -> tuple[str | None, dict]:
+    """Held-out responses of SFT and of the first ASR method (or the last method), scored by the RM
+    the ASR method uses (the segment RM by default). Writes heatmap.html / .png / token_rewards.jsonl."""
+    from segrl.pipeline.report import heldout_heatmap_rows
+    from segrl.pipeline.stages import _read_jsonl
+    from segrl.rm import SegmentRewardModel
     from segrl.viz import render_html, render_png
 
-    _validate(cfg)
-    baseline = parse_baseline(cfg.baseline)
-    console = console or Console()
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-
-    # 1. Models. make_tiny_pair reuses a pair built with the same arguments.
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True) as progress:
-        tasks: dict[str, int] = {}
-
-        def on_step(stage: str, step: int, total: int) -> None:
-            if stage not in tasks:
-                label = {"sft": "training tiny SFT model", "dpo": "training tiny DPO policy"}.get(stage, stage)
-                tasks[stage] = progress.add_task(label, total=total)
-            progress.update(tasks[stage], completed=step)
-
-        pair = make_tiny_pair(out / "models", arch=cfg.arch, seed=cfg.seed, overwrite=cfg.rebuild, progress=on_step)
-    console.print(f"models: ref [bold]{pair.sft}[/]  policy [bold]{pair.policy}[/]"
-                  + ("" if tasks else "  (reused)"))
-
-    # 2. Token rewards.
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    prefs = load_tiny_prefs()
-    prompts = [p["prompt"] for p in prefs]
-    with console.status("scoring response tokens with the implicit DPO reward"):
-        tokenizer = AutoTokenizer.from_pretrained(pair.sft)
-        policy = AutoModelForCausalLM.from_pretrained(pair.policy)
-        ref = AutoModelForCausalLM.from_pretrained(pair.sft)
-        r_c, b_c = implicit_token_rewards(policy, ref, tokenizer, prompts, [p["chosen"] for p in prefs], beta=cfg.beta)
-        r_r, b_r = implicit_token_rewards(policy, ref, tokenizer, prompts, [p["rejected"] for p in prefs],
-                                          beta=cfg.beta)
-
-    # 3. ASR over chosen and rejected as one (2B, T) batch, so "batch_mean" is one shared baseline.
-    n = len(prefs)
-    width = max(r_c.shape[1], r_r.shape[1])
-    rewards = torch.cat([_pad_to(r_c, width, 0.0), _pad_to(r_r, width, 0.0)])
-    mask = torch.cat([_pad_to(b_c.mask, width, False), _pad_to(b_r.mask, width, False)])
-    seq_sign = torch.cat([torch.ones(n, dtype=torch.long), -torch.ones(n, dtype=torch.long)])
-    kept = asr_mask(rewards, mask, seq_sign, baseline=baseline, delta=cfg.delta)
-    # A fallback row is one whose own mask would be empty (SPEC §1, empty="full").
-    fallback = ~asr_mask(rewards, mask, seq_sign, baseline=baseline, delta=cfg.delta, empty="none").any(dim=1)
-    base = resolve_baseline(rewards, mask, baseline)
-    states = hysteresis_states(rewards, mask, base, cfg.delta)
-    segment_ids = segment_ids_from_states(states, mask)
-
-    # 4. Report.
-    seq_c, seq_r = r_c.sum(dim=1), r_r.sum(dim=1)
-    table = Table(title=f"ASR segments (baseline={cfg.baseline} → {float(base[0]):+.4f}, delta={cfg.delta:g}, "
-                        f"beta={cfg.beta:g})")
-    for col in ("side", "resp", "tokens", "kept", "kept %", "segs/resp", "seg len", "fallback"):
-        table.add_column(col, justify="left" if col == "side" else "right")
-    table.caption = ("σ = +1 for chosen, −1 for rejected; kept = tokens in the ASR mask; "
-                     "fallback = rows whose mask would be empty (given their full mask)")
-    groups = {"chosen": slice(0, n), "rejected": slice(n, 2 * n), "all": slice(0, 2 * n)}
-    stats = {}
-    for name, rows in groups.items():
-        s = stats[name] = segment_stats(mask[rows], kept[rows], segment_ids[rows], fallback[rows])
-        table.add_row(name, str(s["responses"]), str(s["tokens"]), str(s["kept"]), f"{s['kept_fraction']:.1%}",
-                      f"{s['segments_per_response']:.2f}", f"{s['mean_segment_length']:.2f}", str(s["fallbacks"]))
-    console.print(table)
-    console.print(f"sequence-level implicit reward: chosen > rejected on {int((seq_c > seq_r).sum())}/{n} pairs "
-                  f"(mean {float(seq_c.mean()):+.3f} vs {float(seq_r.mean()):+.3f})")
-
-    # 5. Heat-map rows, chosen and rejected of a pair next to each other.
-    rows = []
-    for i, p in enumerate(prefs):
-        for side, b, batch, sign in (("chosen", i, b_c, 1), ("rejected", n + i, b_r, -1)):
-            n_b = int(mask[b].sum())
-            rows.append({
-                "title": f"pair {i} · {p['prompt']}{_verdict(p['prompt'], p[side])}",
-                "prompt": p["prompt"],
-                "response": p[side],
-                "side": side,
-                "seq_sign": sign,
-                "tokens": batch.tokens[i],
-                "rewards": rewards[b, :n_b].tolist(),
-                "segment_ids": segment_ids[b, :n_b].tolist(),
-                "kept": kept[b, :n_b].tolist(),
-            })
-    paths = {"models": out / "models", "jsonl": out / "token_rewards.jsonl", "html": out / "heatmap.html",
-             "png": out / "heatmap.png"}
-    with open(paths["jsonl"], "w", encoding="utf-8") as fh:
+    asr = [r for r in results if r["mask"] == "asr" and r.get("rm_arm")]
+    shown = asr[0] if asr else results[-1]
+    arm = shown.get("rm_arm") or ("segment" if pipeline.rm_dir(cfg.seed, "segment").is_dir() else None)
+    if arm is None or not (pipeline.rm_dir(cfg.seed, arm) / "config.json").is_file():
+        pipeline.reward_model(cfg.seed, "segment")
+        arm = "segment"
+    rm = SegmentRewardModel.from_pretrained(pipeline.rm_dir(cfg.seed, arm))
+    n = cfg.heatmap_prompts
+    prompts = pipeline.test_prompts[:n]
+    sft = [r["response"] for r in _read_jsonl(pipeline.sft_dir(cfg.seed) / "test_samples.jsonl")[:n]]
+    policy = [r["response"] for r in _read_jsonl(pipeline.run_dir(cfg.seed, shown["method"]) / "test_samples.jsonl")[:n]]
+    rows = heldout_heatmap_rows(rm, prompts, {"SFT": sft, shown["label"]: policy},
+                                baseline=pipeline.dpo_settings.asr_baseline, delta=pipeline.dpo_settings.asr_delta)
+    # Interleave: the SFT response and the trained policy's response to the same prompt next to each other.
+    rows = [row for pair in zip(rows[:n], rows[n:]) for row in pair]
+    paths = {"heatmap_html": out / "heatmap.html", "heatmap_png": out / "heatmap.png",
+             "token_rewards": out / "token_rewards.jsonl"}
+    title = f"{arm} RM token rewards, segments and ASR mask on held-out responses (seed {cfg.seed})"
+    doc = render_html(rows, paths["heatmap_html"], title=title)
+    render_png(rows, paths["heatmap_png"], max_rows=min(len(rows), 8))
+    with open(paths["token_rewards"], "w", encoding="utf-8") as fh:
         for row in rows:
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-    with console.status("rendering heat-maps"):
-        title = f"segrl demo: implicit DPO token rewards and ASR segments (beta={cfg.beta:g}, delta={cfg.delta:g})"
-        render_html(rows, paths["html"], title=title)
-        render_png(rows, paths["png"], max_rows=2 * cfg.png_pairs)
-    for kind in ("html", "png", "jsonl"):
-        console.print(f"wrote {kind}: [bold]{paths[kind]}[/]")
-    return paths
+    return doc, paths
 
 
-def _quiet_transformers() -> None:
-    # Per-file "Loading weights" / "Writing model shards" bars drown the command's own output.
-    from transformers.utils import logging as hf_logging
+def _print_table(summary: dict, console) -> None:
+    from rich.table import Table
 
-    hf_logging.disable_progress_bar()
+    from segrl.pipeline.report import TABLE_COLUMNS, table_rows
+
+    rows = table_rows(summary)
+    keep = [0, 1, 2, 3, 4, 5, 8]  # method, seeds, final / best-on-dev step acc + exact, kept tokens
+    table = Table(title="held-out evaluation (greedy; final = last weights on test, best = best-on-dev checkpoint on "
+                        "test)")
+    for i in keep:
+        table.add_column(rows[0][i], justify="left" if i == 0 else "right")
+    for r in rows[1:]:
+        table.add_row(*[r[i] for i in keep])
+    assert len(TABLE_COLUMNS) + 2 == len(rows[0])
+    console.print(table)
+
+
+def run(cfg: DemoConfig, console=None, command: str | None = None) -> dict:
+    """Run the demo; returns ``{"summary", "paths"}`` (paths: report, results json / md, plots, heat-maps)."""
+    from rich.console import Console
+
+    from segrl.commands.experiment import _ordered, write_outputs
+    from segrl.pipeline.progress import Reporter
+
+    validate(cfg)
+    console = console or Console()
+    command = command or "segrl demo"
+    reporter = Reporter(console)
+    pipeline = cfg.build(reporter, save_models=False, force=cfg.rebuild)
+    t0 = time.perf_counter()
+    sft = pipeline.sft(cfg.seed)
+    results = [pipeline.run_method(cfg.seed, m) for m in _ordered(cfg.methods)]
+    results = [r for r in results if r["method"] in cfg.methods]
+    reporter.stage("report")
+    out = Path(cfg.output_dir)
+    heatmap_doc, heat_paths = _heatmap(cfg, pipeline, results, out, console)
+    intro = (
+        "<p>The whole segrl pipeline on the built-in credit-assignment task (running sums with systematic carry "
+        "errors, <code>segrl.tasks</code>) and a tiny Llama trained from scratch: SFT → preference pairs sampled "
+        "from the SFT model → segment / token reward models (<code>segrl.rm</code>: train-rm, fit-norm, eval-rm) → "
+        "DPO, ASR-DPO (<code>segrl.dpo</code>) and segment-reward PPO (<code>segrl.ppo</code>) → held-out "
+        "evaluation. One seed: the differences below are not significant by themselves; "
+        "<code>segrl experiment</code> runs every method over several seeds.</p>")
+    outputs = write_outputs(cfg, pipeline, results, [sft], command, heatmap_html=heatmap_doc, intro_html=intro)
+    outputs["paths"].update(heat_paths)
+    elapsed = time.perf_counter() - t0
+    (out / "timing.json").write_text(json.dumps({"seconds": elapsed, "stages": pipeline.timings}, indent=2) + "\n")
+    console.rule(f"[bold]done in {elapsed:.0f}s")
+    _print_table(outputs["summary"], console)
+    for name in ("markdown", "json", "heatmap_html", "token_rewards"):
+        console.print(f"{name}: {outputs['paths'][name]}")
+    console.print(f"[bold green]open the report:[/] [bold]{outputs['paths']['report']}[/]")
+    return outputs
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``segrl demo``. Returns 0 on success, 2 on invalid options."""
-    cfg = parse_config(list(sys.argv[1:] if argv is None else argv))
-    _quiet_transformers()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")  # CPU-only run: keeps deepspeed's accelerator probe quiet
+    cfg = parse_config(argv)
     try:
-        run(cfg)
+        validate(cfg)
     except ValueError as err:
         print(f"segrl demo: error: {err}", file=sys.stderr)
         return 2
+    run(cfg, command="segrl demo " + " ".join(shlex.quote(a) for a in argv))
     return 0
 
 

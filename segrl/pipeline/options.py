@@ -1,0 +1,113 @@
+"""Flat command-line / YAML options shared by ``segrl demo`` and ``segrl experiment``.
+
+Every field is a flag (``--dpo_steps 150``) and a YAML key; :meth:`PipelineOptions.build` turns them
+into the per-stage settings of :class:`segrl.pipeline.Pipeline`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from segrl.pipeline.settings import DPOSettings, EvalSettings, PairSettings, PPOSettings, RMSettings, RSSettings
+from segrl.pipeline.sft import PACKAGED_SFT, SFTSettings
+
+__all__ = ["PipelineOptions"]
+
+
+def _f(default, help_: str, **kw):
+    return field(default=default, metadata={"help": help_, **kw})
+
+
+@dataclass
+class PipelineOptions:
+    """Options of every pipeline stage (defaults: the full experiment; the demo overrides a few)."""
+
+    output_dir: str = _f("runs/experiment", "Where every artifact, the results and the report are written.")
+    # SFT
+    train_sft: bool = _f(False, "Train the SFT model even when the packaged checkpoint has the requested settings "
+                                "(about 4 minutes on one core for the default 1000 steps).")
+    sft_steps: int = _f(PACKAGED_SFT.steps, "SFT steps (batch sft_batch_size, AdamW, cosine).")
+    sft_batch_size: int = _f(PACKAGED_SFT.batch_size, "SFT batch size.")
+    sft_learning_rate: float = _f(PACKAGED_SFT.learning_rate, "SFT peak learning rate.")
+    sft_examples: int = _f(PACKAGED_SFT.n_examples, "Rows of segrl.tasks.make_sft_data (systematic carry errors).")
+    hidden_size: int = _f(PACKAGED_SFT.hidden_size, "Tiny Llama hidden size.")
+    num_layers: int = _f(PACKAGED_SFT.num_layers, "Tiny Llama layers.")
+    # pairs
+    pair_source: str = _f("sampled", "'sampled' from the SFT model (best vs worst of samples_per_prompt) or "
+                                     "'synthetic' (segrl.tasks.make_preference_pairs).")
+    pair_prompts: int = _f(3000, "Training prompts the pairs are drawn from (ties are dropped; 10% go to RM eval).")
+    samples_per_prompt: int = _f(4, "Samples per prompt for 'sampled' pairs.")
+    conflict_fraction: float = _f(0.5, "Conflict fraction of 'synthetic' pairs.")
+    # reward models
+    segment_threshold: float = _f(0.2, "Entropy threshold c (nats) of the segment RM (token RM: 0, bandit: inf).")
+    rm_epochs: float = _f(2.0, "Reward-model epochs over the training pairs.")
+    rm_batch_size: int = _f(32, "Reward-model batch size (pairs).")
+    rm_learning_rate: float = _f(1e-3, "Reward-model learning rate (fresh scalar head on the SFT backbone).")
+    # DPO
+    dpo_steps: int = _f(100, "DPO steps per run.")
+    dpo_batch_size: int = _f(32, "DPO batch size (pairs).")
+    dpo_learning_rate: float = _f(1e-5, "DPO learning rate (constant after warm-up).")
+    dpo_beta: float = _f(0.1, "DPO beta.")
+    asr_baseline: str = _f("sequence_mean",
+                           "ASR baseline for learned token rewards: sequence_mean (each response keeps its better / "
+                           "worse than own-average segments; removes the sequence-level offset RM token rewards "
+                           "carry), batch_mean (the library default), zero or a number. The oracle always uses zero.")
+    asr_delta: float = _f(0.05, "ASR hysteresis half-width (at 0 the ASR mask equals the token-wise one whenever "
+                                "rewards have no ties).")
+    # PPO
+    ppo_iterations: int = _f(50, "PPO rollout-and-update iterations per run.")
+    ppo_rollout_batch_size: int = _f(32, "Prompts per PPO rollout.")
+    ppo_mini_batch_size: int = _f(16, "Rollouts per PPO optimiser step.")
+    ppo_learning_rate: float = _f(1e-5, "PPO policy learning rate.")
+    ppo_critic_learning_rate: float = _f(1e-4, "PPO critic learning rate.")
+    ppo_kl_coef: float = _f(0.01, "PPO k1 KL coefficient.")
+    # rejection sampling
+    rs_prompts: int = _f(512, "Prompts sampled for rejection sampling.")
+    rs_candidates: int = _f(4, "Candidates per prompt (best of K by the RM).")
+    rs_steps: int = _f(60, "Fine-tuning steps on the selected responses.")
+    rs_learning_rate: float = _f(1e-4, "Rejection-sampling fine-tuning learning rate.")
+    # evaluation
+    eval_dev: int = _f(200, "Held-out dev prompts (learning curves, checkpoint selection).")
+    eval_test: int = _f(500, "Held-out test prompts (reported numbers).")
+    eval_checkpoints: int = _f(5, "Dev evaluations per run, evenly spaced.")
+    num_threads: int = _f(1, "torch intra-op threads (1 is fastest for these tiny models on a shared machine).")
+
+    def sft_settings(self) -> SFTSettings:
+        from dataclasses import replace
+
+        return replace(PACKAGED_SFT, steps=self.sft_steps, batch_size=self.sft_batch_size,
+                       learning_rate=self.sft_learning_rate, n_examples=self.sft_examples,
+                       hidden_size=self.hidden_size, num_layers=self.num_layers,
+                       intermediate_size=3 * self.hidden_size)
+
+    def stage_settings(self) -> dict:
+        """The per-stage settings (validated by their own ``__post_init__``)."""
+        from segrl.token_rewards import parse_baseline
+
+        parse_baseline(self.asr_baseline)
+        return dict(
+            sft=self.sft_settings(),
+            pairs=PairSettings(source=self.pair_source, n_prompts=self.pair_prompts,
+                               samples_per_prompt=self.samples_per_prompt, conflict_fraction=self.conflict_fraction),
+            rm=RMSettings(segment_threshold=self.segment_threshold, epochs=self.rm_epochs,
+                          batch_size=self.rm_batch_size, learning_rate=self.rm_learning_rate),
+            dpo=DPOSettings(steps=self.dpo_steps, batch_size=self.dpo_batch_size,
+                            learning_rate=self.dpo_learning_rate, beta=self.dpo_beta,
+                            asr_baseline=str(self.asr_baseline), asr_delta=self.asr_delta),
+            ppo=PPOSettings(iterations=self.ppo_iterations, rollout_batch_size=self.ppo_rollout_batch_size,
+                            mini_batch_size=self.ppo_mini_batch_size, learning_rate=self.ppo_learning_rate,
+                            critic_learning_rate=self.ppo_critic_learning_rate, kl_coef=self.ppo_kl_coef),
+            rs=RSSettings(n_prompts=self.rs_prompts, num_candidates=self.rs_candidates, steps=self.rs_steps,
+                          learning_rate=self.rs_learning_rate),
+            evals=EvalSettings(n_dev=self.eval_dev, n_test=self.eval_test, checkpoints=self.eval_checkpoints),
+        )
+
+    def build(self, reporter=None, **kwargs):
+        """A :class:`segrl.pipeline.Pipeline` for these options."""
+        from segrl.pipeline.stages import Pipeline
+
+        return Pipeline(self.output_dir, **self.stage_settings(), reporter=reporter,
+                        use_packaged_sft=not self.train_sft, num_threads=self.num_threads, **kwargs)
+
+    def to_dict(self) -> dict:
+        return asdict(self)

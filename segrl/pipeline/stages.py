@@ -1,0 +1,629 @@
+"""The pipeline's stages, each cached in ``output_dir`` under a key of everything it depends on.
+
+::
+
+    SFT (shared)            output_dir/sft/
+      -> pairs (per seed)   output_dir/seed{S}/pairs_{train,eval}.jsonl
+      -> reward models      output_dir/seed{S}/rm_{segment,token,bandit}/     (train-rm + fit-norm + eval-rm)
+      -> methods            output_dir/seed{S}/{method}/result.json
+           DPO family  (segrl.dpo.ASRDPOTrainer: none / asr / tokenwise / stepwise masks,
+                        token rewards from the segment RM, the implicit reward of the DPO run, or the oracle)
+           PPO family  (segrl.ppo.SegmentPPOTrainer: bandit / token / segment RM arms, optional ASR mask)
+           RS family   (segrl.rs.ASRRejectionSampler: plain vs ASR-masked fine-tuning on the best of K)
+
+Every method run is evaluated greedily on ``dev`` held-out prompts at evenly spaced checkpoints
+(learning curve, checkpoint selection) and on ``test`` held-out prompts at the end: the final
+weights and the best-on-dev checkpoint. A stage whose ``result.json`` carries the same key is not
+run again, so an interrupted or repeated run only does what is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from segrl.pipeline.diagnostics import segment_rm_credit
+from segrl.pipeline.evaluation import METRICS, ArithEvaluator, CheckpointTracker, EvalCallback, heldout_split
+from segrl.pipeline.pairs import attach_oracle_rewards, pairs_from_samples, sample_responses, train_prompts
+from segrl.pipeline.progress import Reporter, RichTrainerProgress
+from segrl.pipeline.settings import (
+    METHODS,
+    DPOSettings,
+    EvalSettings,
+    PairSettings,
+    PPOSettings,
+    RMSettings,
+    RSSettings,
+    rm_threshold,
+    settings_key,
+)
+from segrl.pipeline.sft import SFTSettings, load_or_train_sft, read_meta
+
+__all__ = ["Pipeline", "quiet_libraries"]
+
+RESULT = "result.json"
+
+
+def quiet_libraries() -> None:
+    """Silence per-file loading bars and warnings of transformers / datasets (the pipeline shows its own)."""
+    import datasets
+    import transformers
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    datasets.utils.logging.set_verbosity_error()
+    for name in ("accelerate", "DeepSpeed", "torch.distributed"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    for pattern in (".*pad_token == eos_token.*", ".*requires_grad=True to a scalar.*", ".*use_cache=True.*",
+                    ".*generation flags are not valid.*", ".*TRL currently only supports.*"):
+        warnings.filterwarnings("ignore", message=pattern)
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _write_json(path: Path, data) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)  # a run killed mid-write never leaves a half result
+
+
+def _write_jsonl(path: Path, rows) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _random_like(lists, rng: random.Random) -> list[list[float]]:
+    """Seeded standard-normal values shaped like ``lists`` (token rewards without any credit)."""
+    return [[rng.gauss(0.0, 1.0) for _ in values] for values in lists]
+
+
+def _random_rewards(rows: list[dict], seed: int, columns) -> list[dict]:
+    """Replace the token-reward ``columns`` (oracle-shaped lists) by seeded Gaussian noise."""
+    rng = random.Random(f"random-rewards-{seed}")
+    return [{**r, **{c: _random_like([r[c]], rng)[0] for c in columns}} for r in rows]
+
+
+def _mean(values):
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def _quiet_trainer(trainer):
+    """Drop the PrinterCallback transformers adds when ``disable_tqdm=True`` (it prints every log dict)."""
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
+    return trainer
+
+
+def _trainer_common(output_dir: Path, seed: int) -> dict:
+    """TrainingArguments shared by every TRL trainer of the pipeline: CPU, quiet, no checkpoints."""
+    return dict(output_dir=str(output_dir), save_strategy="no", report_to="none", disable_tqdm=True,
+                use_cpu=True, seed=seed, data_seed=seed, logging_steps=5, dataloader_num_workers=0,
+                bf16=False, fp16=False)
+
+
+class Pipeline:
+    """Runs and caches the stages for one ``output_dir``.
+
+    Args:
+        output_dir: where every artifact goes.
+        sft, pairs, rm, dpo, ppo, rs, evals: stage settings.
+        reporter: console output (``Reporter(enabled=False)`` for silence).
+        use_packaged_sft: copy the packaged SFT checkpoint when ``sft`` equals its settings.
+        sft_per_seed: train one SFT model per seed (``SFTSettings.seed = seed``) instead of one shared model.
+        save_models: keep the final policy of every run in its directory (the DPO run's is always kept:
+            the implicit-reward method reads it).
+        num_threads: torch intra-op threads (1 is best for these tiny models on a shared machine).
+    """
+
+    def __init__(self, output_dir, *, sft: SFTSettings, pairs: PairSettings, rm: RMSettings, dpo: DPOSettings,
+                 ppo: PPOSettings, rs: RSSettings, evals: EvalSettings, reporter: Reporter | None = None,
+                 use_packaged_sft: bool = True, sft_per_seed: bool = False, save_models: bool = False,
+                 num_threads: int = 1, force: bool = False):
+        from segrl.models.tiny import build_tiny_tokenizer
+
+        quiet_libraries()
+        if num_threads > 0:
+            torch.set_num_threads(num_threads)
+        self.out = Path(output_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.sft_settings, self.pair_settings, self.rm_settings = sft, pairs, rm
+        self.dpo_settings, self.ppo_settings, self.rs_settings, self.eval_settings = dpo, ppo, rs, evals
+        self.reporter = reporter or Reporter(enabled=False)
+        self.use_packaged_sft, self.sft_per_seed, self.save_models = use_packaged_sft, sft_per_seed, save_models
+        self.tokenizer = build_tiny_tokenizer()
+        dev, test = heldout_split(evals.n_dev, evals.n_test, evals.seed)
+        self.dev_prompts, self.test_prompts = dev, test
+        self.dev_eval = ArithEvaluator(self.tokenizer, dev)
+        self.test_eval = ArithEvaluator(self.tokenizer, test)
+        self.timings: dict[str, float] = {}
+        self._eval_key = settings_key(evals)
+        self.force = force
+        self._fresh: set[str] = set()  # keys computed by this process (reused even with force)
+        self._noted: set[Path] = set()
+
+    # ------------------------------------------------------------------ helpers
+
+    def _reuse(self, key: str) -> bool:
+        """Whether a cached artifact with this key may be reused (always, unless ``force``)."""
+        return not self.force or key in self._fresh
+
+    def _time(self, name: str, seconds: float) -> None:
+        self.timings[name] = self.timings.get(name, 0.0) + seconds
+
+    def _load_lm(self, path):
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+
+    def seed_dir(self, seed: int) -> Path:
+        return self.out / f"seed{seed}"
+
+    # ------------------------------------------------------------------ SFT
+
+    def _sft_for(self, seed: int) -> SFTSettings:
+        if not self.sft_per_seed:
+            return self.sft_settings
+        from dataclasses import replace
+
+        return replace(self.sft_settings, seed=seed, data_seed=seed)
+
+    def sft_dir(self, seed: int) -> Path:
+        return self.out / (f"sft_seed{seed}" if self.sft_per_seed else "sft")
+
+    def sft(self, seed: int = 0) -> dict:
+        """Train (or reuse) the SFT model and evaluate it on dev and test. Returns its eval record."""
+        settings = self._sft_for(seed)
+        out = self.sft_dir(seed)
+        key = settings_key(settings.key(), self._eval_key)
+        cached = _read_json(out / "eval.json")
+        meta = read_meta(out)
+        if cached is not None and cached.get("key") == key and meta is not None and meta["key"] == settings.key() \
+                and self._reuse(key):
+            if out not in self._noted:
+                self._noted.add(out)
+                self.reporter.note(f"  SFT: reusing {out} ({meta.get('source', '?')}); held-out test step acc "
+                                   f"{cached['test']['step_accuracy']:.3f}, exact {cached['test']['exact_match']:.3f}")
+            return cached
+        self.reporter.stage(f"SFT: tiny Llama ({settings.hidden_size}x{settings.num_layers}) on make_sft_data"
+                            + (f" (seed {seed})" if self.sft_per_seed else ""))
+        t0 = time.perf_counter()
+        if self.force:
+            shutil.rmtree(out, ignore_errors=True)
+        with self.reporter.bar("SFT steps", settings.steps) as update:
+            path, how = load_or_train_sft(out, self.tokenizer, settings, use_packaged=self.use_packaged_sft,
+                                          progress=lambda s, n, loss: update(s, f"loss {loss:.3f}"))
+            update(settings.steps, how)
+        if how == "packaged":
+            self.reporter.note("  using the packaged SFT checkpoint (trained by scripts/make_sft_checkpoint.py with "
+                               "these exact settings; pass --train_sft to retrain)")
+        model = self._load_lm(path)
+        dev = self.dev_eval(model)
+        test, responses = self.test_eval(model, return_samples=True)
+        record = {"key": key, "how": how, "settings": asdict(settings), "dev": dev, "test": test,
+                  "seconds": time.perf_counter() - t0}
+        _write_json(out / "eval.json", record)
+        self._fresh.add(key)
+        self._noted.add(out)
+        _write_jsonl(out / "test_samples.jsonl", [{"prompt": p, "response": r}
+                                                  for p, r in zip(self.test_prompts, responses)])
+        self._time("sft", record["seconds"])
+        self.reporter.note(f"  SFT held-out test: step acc {test['step_accuracy']:.3f}, exact {test['exact_match']:.3f}"
+                           f" ({how}, {record['seconds']:.0f}s)")
+        return record
+
+    # ------------------------------------------------------------------ pairs
+
+    def pairs_key(self, seed: int) -> str:
+        return settings_key(self._sft_for(seed).key(), self.pair_settings, seed)
+
+    def pairs(self, seed: int) -> tuple[list[dict], list[dict], dict]:
+        """``(train_pairs, rm_eval_pairs, stats)`` for ``seed`` (with oracle token-reward columns)."""
+        from segrl.tasks import make_preference_pairs, preference_stats
+
+        d = self.seed_dir(seed)
+        key = self.pairs_key(seed)
+        meta = _read_json(d / "pairs.json")
+        if meta is not None and meta.get("key") == key and self._reuse(key):
+            return _read_jsonl(d / "pairs_train.jsonl"), _read_jsonl(d / "pairs_eval.jsonl"), meta["stats"]
+        s = self.pair_settings
+        self.reporter.stage(f"seed {seed}: preference pairs ({s.source})")
+        t0 = time.perf_counter()
+        if s.source == "sampled":
+            self.sft(seed)
+            model = self._load_lm(self.sft_dir(seed))
+            prompts = train_prompts(s.n_prompts, seed)
+            with self.reporter.bar(f"sampling {s.samples_per_prompt} responses / prompt", len(prompts)) as update:
+                samples = sample_responses(model, self.tokenizer, prompts, k=s.samples_per_prompt,
+                                           temperature=s.temperature, seed=seed, progress=update)
+            rows = pairs_from_samples(prompts, samples)
+        else:
+            rows = make_preference_pairs(s.n_prompts, seed=seed, conflict_fraction=s.conflict_fraction)
+        if len(rows) < 8:
+            raise RuntimeError(f"only {len(rows)} preference pairs: the SFT model's samples nearly always tie")
+        rows = attach_oracle_rewards(rows, self.tokenizer)
+        n_eval = max(4, round(len(rows) * s.rm_eval_fraction))
+        train, evals = rows[:-n_eval], rows[-n_eval:]
+        stats = {**preference_stats(train), "n_eval": len(evals), "n_prompts": s.n_prompts,
+                 "seconds": time.perf_counter() - t0}
+        _write_jsonl(d / "pairs_train.jsonl", train)
+        _write_jsonl(d / "pairs_eval.jsonl", evals)
+        _write_json(d / "pairs.json", {"key": key, "stats": stats})
+        self._fresh.add(key)
+        self._time("pairs", stats["seconds"])
+        self.reporter.note(f"  {len(train)} training pairs (+{len(evals)} for RM eval), conflict fraction "
+                           f"{stats['conflict_fraction']:.2f}, wrong parts chosen {stats['chosen_wrong_parts']:.2f} vs "
+                           f"rejected {stats['rejected_wrong_parts']:.2f}")
+        return train, evals, stats
+
+    # ------------------------------------------------------------------ reward models
+
+    def rm_dir(self, seed: int, arm: str) -> Path:
+        return self.seed_dir(seed) / f"rm_{arm}"
+
+    def rm_key(self, seed: int, arm: str) -> str:
+        return settings_key(self.pairs_key(seed), self.rm_settings, arm, seed)
+
+    def reward_model(self, seed: int, arm: str = "segment") -> dict:
+        """Train the ``arm`` RM (``segrl.rm``), fit its normaliser, measure pairwise accuracy."""
+        from datasets import Dataset
+        from transformers import set_seed
+
+        from segrl.rm import (
+            SegmentRewardConfig,
+            SegmentRewardModel,
+            SegmentRewardTrainer,
+            evaluate_pairwise,
+            fit_normalizer,
+        )
+
+        out = self.rm_dir(seed, arm)
+        key = self.rm_key(seed, arm)
+        cached = _read_json(out / RESULT)
+        if cached is not None and cached.get("key") == key and (out / "config.json").is_file() and self._reuse(key):
+            if "auc_within_response" not in cached.get("credit", {}):  # records written before that diagnostic
+                cached["credit"] = segment_rm_credit(SegmentRewardModel.from_pretrained(out), self.pairs(seed)[1])
+                _write_json(out / RESULT, cached)
+            return cached
+        train, evals, _ = self.pairs(seed)
+        s = self.rm_settings
+        threshold = rm_threshold(arm, s)
+        c = "inf" if math.isinf(threshold) else f"{threshold:g}"
+        self.reporter.stage(f"seed {seed}: {arm} reward model (c = {c}): train-rm, fit-norm, eval-rm")
+        t0 = time.perf_counter()
+        sft_dir = self.sft_dir(seed)
+        cols = ("prompt", "chosen", "rejected")
+        train_ds = Dataset.from_list([{k: r[k] for k in cols} for r in train])
+        eval_ds = Dataset.from_list([{k: r[k] for k in cols} for r in evals])
+        shutil.rmtree(out, ignore_errors=True)
+        args = SegmentRewardConfig(
+            **_trainer_common(out, seed), segment_threshold=threshold, reference_model=str(sft_dir),
+            per_device_train_batch_size=s.batch_size, num_train_epochs=s.epochs, learning_rate=s.learning_rate,
+            lr_scheduler_type="cosine", warmup_steps=5, entropy_batch_size=64, dataset_num_proc=None,
+        )
+        set_seed(seed)
+        trainer = SegmentRewardTrainer(model=str(sft_dir), args=args, train_dataset=train_ds,
+                                       processing_class=self.tokenizer,
+                                       callbacks=[RichTrainerProgress(self.reporter, f"RM steps (c={c})")])
+        _quiet_trainer(trainer).train()
+        trainer.save_model(str(out))
+        log = [h for h in trainer.state.log_history if "loss" in h]
+        del trainer
+        rm = SegmentRewardModel.from_pretrained(out)
+        fit = fit_normalizer(rm, train_ds, n_pairs=min(s.normalizer_pairs, len(train_ds)), batch_size=64,
+                             progress=False, plot_path=out / "normalizer.png")
+        SegmentRewardModel.write_normalizer(out, fit.coef)
+        pairwise = evaluate_pairwise(rm, eval_ds, batch_size=64, progress=False)
+        train_acc = evaluate_pairwise(rm, Dataset.from_list([{k: r[k] for k in cols} for r in train[:256]]),
+                                      batch_size=64, progress=False)["accuracy"]
+        credit = segment_rm_credit(rm, evals)
+        record = {"key": key, "arm": arm, "seed": seed, "threshold": c, "eval": pairwise, "credit": credit,
+                  "train_accuracy_256": train_acc, "normalizer_plot": str(out / "normalizer.png"),
+                  "normalizer": fit.coef.to_dict(), "normalizer_segments": fit.n_segments, "train_log": log,
+                  "seconds": time.perf_counter() - t0}
+        _write_json(out / RESULT, record)
+        self._fresh.add(key)
+        self._time(f"rm_{arm}", record["seconds"])
+        self.reporter.note(f"  pairwise accuracy on {pairwise['n_pairs']} held-out pairs: {pairwise['accuracy']:.3f} "
+                           f"(train {train_acc:.3f}); {pairwise['segments_per_response']:.2f} segments / response, "
+                           f"mean length {pairwise['mean_segment_length']:.2f}; token credit AUC vs oracle "
+                           f"{credit['auc']:.3f} ({record['seconds']:.0f}s)")
+        return record
+
+    # ------------------------------------------------------------------ methods (shared)
+
+    def run_dir(self, seed: int, method: str) -> Path:
+        return self.seed_dir(seed) / method
+
+    def method_key(self, seed: int, method: str) -> str:
+        from dataclasses import replace
+
+        spec = METHODS[method]
+        family_settings = {"dpo": self.dpo_settings, "ppo": self.ppo_settings, "rs": self.rs_settings}[spec.family]
+        if spec.family == "dpo":
+            # The ASR options enter below, for masked methods only (plain DPO does not depend on them).
+            family_settings = replace(family_settings, asr_baseline="-", asr_delta=0.0)
+        upstream = [self.pairs_key(seed), self._eval_key]
+        if spec.mask != "none":
+            upstream += [spec.baseline or self.dpo_settings.asr_baseline, self.dpo_settings.asr_delta]
+        if spec.rm_arm:
+            upstream.append(self.rm_key(seed, spec.rm_arm))
+        upstream += [self.method_key(seed, n) for n in spec.needs]
+        return settings_key(method, seed, family_settings, METHODS[method], *upstream)
+
+    def run_method(self, seed: int, method: str) -> dict:
+        """Run (or load) one method for one seed; returns its result record."""
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r}; choose from {sorted(METHODS)}")
+        spec = METHODS[method]
+        key = self.method_key(seed, method)
+        out = self.run_dir(seed, method)
+        cached = _read_json(out / RESULT)
+        if cached is not None and cached.get("key") == key and (not self.save_models or (out / "model").is_dir()) \
+                and self._reuse(key):
+            self.reporter.note(f"  seed {seed} {method}: cached")
+            return cached
+        for dep in spec.needs:
+            self.run_method(seed, dep)
+        sft = self.sft(seed)
+        self.pairs(seed)
+        if spec.rm_arm:
+            self.reward_model(seed, spec.rm_arm)
+        self.reporter.stage(f"seed {seed}: {spec.label}")
+        t0 = time.perf_counter()
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+        runner = {"dpo": self._run_dpo, "ppo": self._run_ppo, "rs": self._run_rs}[spec.family]
+        tracker, model, extra = runner(seed, spec, out, sft)
+        record = self._finish(seed, spec, out, tracker, model, extra, key, time.perf_counter() - t0)
+        return record
+
+    def _tracker(self, total: int, sft: dict) -> CheckpointTracker:
+        tracker = CheckpointTracker(self.dev_eval, self.eval_settings.schedule(total))
+        tracker.add_start(sft["dev"])
+        return tracker
+
+    def _finish(self, seed, spec, out: Path, tracker: CheckpointTracker, model, extra: dict, key: str,
+                seconds: float) -> dict:
+        """Test-set evaluation of the final and the best-on-dev weights; write result.json."""
+        final, responses = self.test_eval(model, return_samples=True)
+        trained = [c for c in tracker.curve if c["step"] > 0]
+        last_step = max(c["step"] for c in trained)
+        if tracker.best_step is None or tracker.best_step == last_step:
+            best = {**final, "step": last_step}
+        else:
+            # A fresh model, not a deepcopy: TRL patches the trained model's forward with a closure over
+            # the original instance, so a copy would still run the final weights.
+            best_model = self._load_lm(self.sft_dir(seed))
+            best_model.load_state_dict(tracker.best_state)
+            best = {**self.test_eval(best_model), "step": tracker.best_step}
+        over = {k: _mean([c[k] for c in trained]) for k in METRICS}
+        record = {"key": key, "method": spec.name, "label": spec.label, "family": spec.family, "seed": seed,
+                  "mask": spec.mask, "rewards": spec.rewards, "rm_arm": spec.rm_arm, "curve": tracker.curve,
+                  "final": final, "best": best, "mean_over_checkpoints": over, "seconds": seconds, **extra}
+        if self.save_models or spec.name == "dpo":
+            model.save_pretrained(out / "model")
+            self.tokenizer.save_pretrained(out / "model")
+        _write_jsonl(out / "test_samples.jsonl", [{"prompt": p, "response": r}
+                                                  for p, r in zip(self.test_prompts, responses)])
+        _write_json(out / RESULT, record)
+        self._fresh.add(key)
+        self._time(spec.family, seconds)
+        kept = record.get("kept_token_fraction")
+        self.reporter.note(
+            f"  test: final step acc {final['step_accuracy']:.3f} / exact {final['exact_match']:.3f}; best-on-dev "
+            f"(step {best['step']}) {best['step_accuracy']:.3f} / {best['exact_match']:.3f}"
+            + (f"; kept tokens {kept:.2f}" if kept is not None else "") + f" ({seconds:.0f}s)")
+        return record
+
+    # ------------------------------------------------------------------ DPO family
+
+    def _run_dpo(self, seed, spec, out: Path, sft: dict):
+        from datasets import Dataset
+        from transformers import set_seed
+
+        from segrl.dpo import ASRDPOConfig, ASRDPOTrainer
+
+        s = self.dpo_settings
+        train, _, _ = self.pairs(seed)
+        cols = ["prompt", "chosen", "rejected"] + (["chosen_token_rewards", "rejected_token_rewards"]
+                                                   if spec.rewards in ("oracle", "random") else [])
+        rows = [{k: r[k] for k in cols} for r in train]
+        if spec.rewards == "random":
+            rows = _random_rewards(rows, seed, ("chosen_token_rewards", "rejected_token_rewards"))
+        dataset = Dataset.from_list(rows)
+        source = {"segment_rm": "segment_rm", "implicit": "implicit"}.get(spec.rewards, "columns")
+        sft_dir = self.sft_dir(seed)
+        args = ASRDPOConfig(
+            **_trainer_common(out / "trainer", seed), max_steps=s.steps, per_device_train_batch_size=s.batch_size,
+            learning_rate=s.learning_rate * spec.lr_scale, lr_scheduler_type="constant_with_warmup",
+            warmup_steps=s.warmup_steps, beta=s.beta, loss_type=[s.loss_type], mask_type=spec.mask, asr_baseline=spec.baseline or s.asr_baseline,
+            asr_delta=s.asr_delta, token_reward_source=source,
+            token_reward_model=str(self.rm_dir(seed, spec.rm_arm)) if spec.rm_arm else None,
+            implicit_policy=str(self.run_dir(seed, "dpo") / "model") if spec.rewards == "implicit" else None,
+            implicit_ref=str(sft_dir) if spec.rewards == "implicit" else None, implicit_beta=s.implicit_beta,
+            token_reward_batch_size=64, dataset_num_proc=None,
+        )
+        set_seed(seed)
+        model, ref = self._load_lm(sft_dir), self._load_lm(sft_dir)
+        tracker = self._tracker(s.steps, sft)
+        trainer = ASRDPOTrainer(
+            model=model, ref_model=ref, args=args, train_dataset=dataset, processing_class=self.tokenizer,
+            callbacks=[EvalCallback(tracker), RichTrainerProgress(self.reporter, "DPO steps", tracker.last)],
+        )
+        _quiet_trainer(trainer).train()
+        logs = trainer.state.log_history
+        kept_c = _mean([h.get("asr/kept_token_fraction_chosen") for h in logs])
+        kept_r = _mean([h.get("asr/kept_token_fraction_rejected") for h in logs])
+        extra = {
+            "kept_token_fraction": 1.0 if spec.mask == "none" else _mean([kept_c, kept_r]),
+            "kept_token_fraction_chosen": 1.0 if spec.mask == "none" else kept_c,
+            "kept_token_fraction_rejected": 1.0 if spec.mask == "none" else kept_r,
+            "segments_per_response": _mean([h.get("asr/segments_per_response") for h in logs]),
+            "fallbacks_per_step": _mean([h.get("asr/fallbacks") for h in logs]),
+            "train_log": [{k: v for k, v in h.items() if isinstance(v, (int, float))} for h in logs],
+        }
+        shutil.rmtree(out / "trainer", ignore_errors=True)
+        model = trainer.model
+        del trainer
+        return tracker, model, extra
+
+    # ------------------------------------------------------------------ PPO family
+
+    def _run_ppo(self, seed, spec, out: Path, sft: dict):
+        from transformers import AutoModelForTokenClassification
+
+        from segrl.ppo import SegmentPPOConfig, SegmentPPOTrainer
+        from segrl.ppo.rewards import source_from_reward_model
+        from segrl.rm import SegmentRewardModel
+
+        s = self.ppo_settings
+        sft_dir = self.sft_dir(seed)
+        rm = SegmentRewardModel.from_pretrained(self.rm_dir(seed, spec.rm_arm))
+        source = source_from_reward_model(rm)
+        args = SegmentPPOConfig(
+            output_dir=str(out / "trainer"), num_iterations=s.iterations, rollout_batch_size=s.rollout_batch_size,
+            mini_batch_size=s.mini_batch_size, ppo_epochs=s.ppo_epochs, max_new_tokens=s.max_new_tokens,
+            temperature=s.temperature, learning_rate=s.learning_rate * spec.lr_scale,
+            critic_learning_rate=s.critic_learning_rate,
+            kl_coef=s.kl_coef, asr=spec.mask == "asr", asr_baseline=spec.baseline or self.dpo_settings.asr_baseline,
+            asr_delta=self.dpo_settings.asr_delta, use_cpu=True, seed=seed, logging_steps=1,
+        )
+        tracker = self._tracker(s.iterations, sft)
+        policy, ref = self._load_lm(sft_dir), self._load_lm(sft_dir)
+        critic = AutoModelForTokenClassification.from_pretrained(sft_dir, num_labels=1, dtype=torch.float32)
+        prompts = train_prompts(s.n_prompts, 10_000 + seed)
+
+        class TrackedPPO(SegmentPPOTrainer):
+            # `_log` runs once per logged iteration: the only per-iteration hook the trainer offers.
+            def _log(self, metrics):
+                super()._log(metrics)
+                tracker.maybe(self.iteration, self.accelerator.unwrap_model(self.policy))
+
+        trainer = TrackedPPO(args, policy=policy, ref_model=ref, critic=critic, reward_source=source,
+                             tokenizer=self.tokenizer, prompts=prompts)
+        history = trainer.train()
+        model = trainer.accelerator.unwrap_model(trainer.policy)
+        extra = {
+            "kept_token_fraction": _mean([h["kept_token_fraction"] for h in history]),
+            "segments_per_response": _mean([h["segments_per_response"] for h in history]),
+            "train_log": history,
+        }
+        shutil.rmtree(out / "trainer", ignore_errors=True)
+        return tracker, model, extra
+
+    # ------------------------------------------------------------------ rejection sampling
+
+    def _rs_args(self, seed, spec, out: Path, mask: str):
+        from segrl.rs import ASRRejectionSamplingConfig
+
+        s = self.rs_settings
+        baseline = spec.baseline or self.dpo_settings.asr_baseline
+        return ASRRejectionSamplingConfig(
+            **_trainer_common(out, seed), num_candidates=s.num_candidates, max_new_tokens=self.ppo_settings.max_new_tokens,
+            temperature=s.temperature, reward_model=str(self.rm_dir(seed, spec.rm_arm)), mask_type=mask,
+            asr_baseline=baseline, asr_delta=self.dpo_settings.asr_delta,
+            max_steps=s.steps, per_device_train_batch_size=s.batch_size, learning_rate=s.learning_rate * spec.lr_scale,
+            lr_scheduler_type="constant_with_warmup", warmup_steps=5, generation_batch_size=64, reward_batch_size=64,
+            save_candidates=False, dataset_num_proc=None,
+        )
+
+    def rs_candidates(self, seed: int, spec) -> list[dict]:
+        """K sampled, RM-scored candidates per prompt, shared by plain and ASR rejection sampling."""
+        from segrl.rs import ASRRejectionSampler
+        from segrl.rs.sampler import load_candidates
+
+        path = self.seed_dir(seed) / f"rs_candidates_{spec.rm_arm}.jsonl"
+        s = self.rs_settings
+        # Only what the candidates depend on (not the fine-tuning options), so both RS variants and any
+        # fine-tuning sweep share them.
+        key = settings_key(self.rm_key(seed, spec.rm_arm), s.n_prompts, s.num_candidates, s.temperature,
+                           self.ppo_settings.max_new_tokens, seed)
+        meta = _read_json(path.with_suffix(".json"))
+        if meta is not None and meta.get("key") == key and path.is_file() and self._reuse(key):
+            records = load_candidates(path, self.tokenizer)
+            if all(r.get("token_rewards") is not None for r in records):
+                return records
+        prompts = train_prompts(s.n_prompts, 20_000 + seed)
+        sampler = ASRRejectionSampler(str(self.sft_dir(seed)), self._rs_args(seed, spec, path.parent / "rs_tmp", "asr"),
+                                      prompts=prompts)
+        t0 = time.perf_counter()
+        with self.reporter.bar(f"sampling {s.num_candidates} candidates / prompt and scoring", 2) as update:
+            records = sampler.generate()
+            update(1, f"{len(records)} prompts sampled")
+            records = sampler.score(records)
+            update(2, "scored")
+        _write_jsonl(path, [{k: r[k] for k in ("prompt", "candidates", "scores", "token_rewards", "prompt_ids",
+                                                "candidate_ids")} for r in records])
+        _write_json(path.with_suffix(".json"), {"key": key, "seconds": time.perf_counter() - t0})
+        self._fresh.add(key)
+        shutil.rmtree(path.parent / "rs_tmp", ignore_errors=True)
+        return records
+
+    def _run_rs(self, seed, spec, out: Path, sft: dict):
+        from transformers import set_seed
+        from trl import SFTTrainer
+
+        from segrl.rs import ASRRejectionSampler
+        from segrl.tasks import score_responses
+
+        s = self.rs_settings
+        records = self.rs_candidates(seed, spec)
+        if spec.rewards == "random":
+            records = [{**r, "token_rewards": _random_like(r["token_rewards"], random.Random(f"random-rs-{seed}-{i}"))}
+                       for i, r in enumerate(records)]
+        args = self._rs_args(seed, spec, out / "trainer", spec.mask)
+        set_seed(seed)
+        sampler = ASRRejectionSampler(str(self.sft_dir(seed)), args)
+        selected = sampler.select(records)
+        quality = score_responses(list(selected["prompt"]), list(selected["completion"]))
+        tracker = self._tracker(s.steps, sft)
+        # ASRRejectionSampler.train() takes no callbacks, so the fine-tuning it runs is reproduced here:
+        # TRL's SFTTrainer on the selected input_ids / labels (-100 outside the kept segments).
+        trainer = SFTTrainer(model=sampler.model, args=args,
+                             train_dataset=selected.select_columns(["input_ids", "labels"]),
+                             processing_class=self.tokenizer,
+                             callbacks=[EvalCallback(tracker), RichTrainerProgress(self.reporter, "RS fine-tuning steps",
+                                                                                   tracker.last)])
+        _quiet_trainer(trainer).train()
+        m = sampler.selection_metrics
+        extra = {
+            "kept_token_fraction": m.get("rs/kept_token_fraction"),
+            "segments_per_response": m.get("rs/segments_per_response"),
+            "selection": {k.removeprefix("rs/"): v for k, v in m.items()},
+            "selected_quality": quality,
+            "train_log": [{k: v for k, v in h.items() if isinstance(v, (int, float))}
+                          for h in trainer.state.log_history],
+        }
+        model = trainer.model
+        shutil.rmtree(out / "trainer", ignore_errors=True)
+        return tracker, model, extra
