@@ -36,7 +36,8 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(1)
     seed_dir = Path(args.run_dir) / f"seed{args.seed}"
-    rows = [json.loads(line) for line in open(seed_dir / "pairs_train.jsonl")][: args.pairs]
+    with open(seed_dir / "pairs_train.jsonl") as fh:
+        rows = [json.loads(line) for line in fh][: args.pairs]
     rm = SegmentRewardModel.from_pretrained(seed_dir / "rm_segment")
     prompts = [r["prompt"] for r in rows]
     rewards, oracle, boundary = {}, {}, {}
@@ -51,9 +52,9 @@ def main() -> int:
     rng = random.Random(0)
     noise = {s: [[rng.gauss(0, 1) for _ in v] for v in rewards[s]] for s in rewards}
     variants = [
-        ("ASR, sequence mean, delta %.2g" % args.delta, rewards, MaskOptions("asr", "sequence_mean", args.delta)),
+        (f"ASR, sequence mean, delta {args.delta:g}", rewards, MaskOptions("asr", "sequence_mean", args.delta)),
         ("ASR, sequence mean, delta 0 (= token-wise)", rewards, MaskOptions("asr", "sequence_mean", 0.0)),
-        ("ASR, batch mean, delta %.2g" % args.delta, rewards, MaskOptions("asr", "batch_mean", args.delta)),
+        (f"ASR, batch mean, delta {args.delta:g}", rewards, MaskOptions("asr", "batch_mean", args.delta)),
         ("step-wise, sequence mean", rewards, MaskOptions("stepwise", "sequence_mean")),
         ("random rewards, token-wise", noise, MaskOptions("tokenwise", "sequence_mean")),
         ("oracle, ASR, zero baseline", oracle, MaskOptions("asr", "zero", args.delta)),

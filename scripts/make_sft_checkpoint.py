@@ -23,13 +23,19 @@ from pathlib import Path
 for key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
     os.environ.setdefault(key, "1")
 
-import torch  # noqa: E402
+import torch
 
 
 def main() -> int:
     from segrl.models.tiny import build_tiny_tokenizer
     from segrl.pipeline.evaluation import ArithEvaluator, heldout_split
-    from segrl.pipeline.sft import PACKAGED_SFT, build_model, packaged_sft_dir, save_sft, train_sft
+    from segrl.pipeline.sft import (
+        PACKAGED_SFT,
+        build_model,
+        packaged_sft_dir,
+        save_sft,
+        train_sft,
+    )
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(packaged_sft_dir()))

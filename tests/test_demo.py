@@ -14,7 +14,8 @@ from segrl.commands.demo import DEMO_METHODS, QUICK, parse_config
 def test_defaults_are_the_full_demo():
     cfg = parse_config([])
     assert cfg.output_dir == "runs/demo" and cfg.methods == DEMO_METHODS and not cfg.quick
-    assert cfg.dpo_steps == 80 and cfg.eval_test == 500 and cfg.seeds == [0]
+    # The same stage settings as experiments/credit_assignment.yaml, one seed, three methods.
+    assert cfg.dpo_steps == 100 and cfg.pair_prompts == 3000 and cfg.eval_test == 500 and cfg.seeds == [0]
 
 
 def test_quick_shrinks_only_what_is_not_given(tmp_path):
@@ -42,3 +43,13 @@ def test_demo_rejects_bad_options(tmp_path, capsys, flags, word):
     assert main(["demo", "--output_dir", str(out), *flags]) == 2
     assert word in capsys.readouterr().err
     assert not out.exists()  # validated before anything is built
+
+
+@pytest.mark.parametrize("command", ["demo", "experiment"])
+def test_help_lists_every_option(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for flag in ("--output_dir", "--methods", "--asr_baseline", "--segment_threshold", "--dpo_steps", "--train_sft"):
+        assert flag in text

@@ -17,7 +17,14 @@ from segrl.pipeline.evaluation import ArithEvaluator, CheckpointTracker, heldout
 from segrl.pipeline.pairs import pairs_from_samples, sample_responses, train_prompts
 from segrl.pipeline.report import aggregate, markdown_table
 from segrl.pipeline.settings import METHODS, EvalSettings, PairSettings, settings_key
-from segrl.pipeline.sft import PACKAGED_SFT, build_model, packaged_sft_dir, read_meta, sft_examples, train_sft
+from segrl.pipeline.sft import (
+    PACKAGED_SFT,
+    build_model,
+    packaged_sft_dir,
+    read_meta,
+    sft_examples,
+    train_sft,
+)
 from segrl.tasks import is_heldout_prompt, solve, step_flags
 
 
@@ -249,7 +256,8 @@ def test_quick_demo_end_to_end_and_cached_rerun(tmp_path, capsys):
     md = (out / "results.md").read_text()
     assert "| SFT | 1 |" in md and "| ASR-DPO (segment RM) | 1 |" in md and "| seed | RM | c |" in md
     rows = [json.loads(line) for line in (out / "token_rewards.jsonl").read_text().splitlines()]
-    assert len(rows) == 4 and [r["side"] for r in rows[:2]] == ["SFT", "ASR-DPO (segment RM)"]
+    assert len(rows) == 4 and [r["side"] for r in rows[:2]] == ["SFT", "ASR-DPO"]
+    assert rows[0]["prompt"] == rows[1]["prompt"] and rows[0]["title"].startswith(rows[0]["prompt"] + " → ")
     for row in rows:
         assert "".join(row["tokens"]).endswith("<|eos|>")
         assert len(row["tokens"]) == len(row["rewards"]) == len(row["segment_ids"]) == len(row["kept"])
@@ -265,3 +273,12 @@ def test_quick_demo_end_to_end_and_cached_rerun(tmp_path, capsys):
     again = capsys.readouterr().out
     assert again.count(": cached") == 3 and "RM steps" not in again and "sampling" not in again
     assert json.loads((out / "results.json").read_text())["summary"] == summary
+
+    # --rebuild redoes every stage, and the pipeline is deterministic: the same numbers come out.
+    assert main(["demo", "--quick", "--output_dir", str(out), "--rebuild"]) == 0
+    rebuilt = capsys.readouterr().out
+    assert ": cached" not in rebuilt and "RM steps" in rebuilt and "sampling" in rebuilt
+    again_summary = json.loads((out / "results.json").read_text())["summary"]
+    for name, entry in summary["methods"].items():
+        redo = again_summary["methods"][name]
+        assert {k: v for k, v in redo.items() if k != "seconds"} == {k: v for k, v in entry.items() if k != "seconds"}

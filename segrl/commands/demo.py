@@ -5,17 +5,19 @@
    exactly these settings is reused unless ``--train_sft`` (about 4 minutes more on one core).
 2. **Preference pairs** — 4 samples per training prompt from the SFT model; chosen = fewest wrong
    parts, rejected = most (about half the pairs carry the credit-assignment conflict).
-3. **Reward models** — ``segrl.rm``: the segment RM (entropy threshold ``--segment_threshold``) and the
-   token RM (c = 0) trained on the pairs, location normaliser fitted, pairwise accuracy on held-out
-   pairs, and how well their token rewards match the oracle's step verdicts (credit AUC).
-4. **Policies** — DPO, ASR-DPO (token rewards from the RM) and segment-reward PPO, each evaluated on
-   held-out prompts during training (``--methods`` picks others, see ``segrl experiment``).
+3. **Reward model** — ``segrl.rm``: the segment RM (entropy threshold ``--segment_threshold``) trained
+   on the pairs, location normaliser fitted, pairwise accuracy on held-out pairs, and how well its
+   token rewards match the oracle's step verdicts (credit AUC). Methods that need the token or bandit
+   RM train those too.
+4. **Policies** — DPO, ASR-DPO (token rewards from the segment RM; sequence-mean baseline, hysteresis
+   0.05) and segment-reward PPO, each evaluated on held-out dev prompts during training
+   (``--methods`` picks others, see ``segrl experiment``).
 5. **Report** — the evaluation table (printed), learning curves, the comparison chart and token
    heat-maps of held-out responses with the RM's segments and the ASR mask, all in one HTML file:
    ``OUTPUT_DIR/report.html``.
 
 Every stage is cached in ``--output_dir``: a second run only redoes what changed (``--rebuild``
-redoes everything). ``--quick`` shrinks every stage to a smoke test (under a minute).
+redoes everything). ``--quick`` shrinks every stage to a smoke test (about 15 seconds).
 
 Examples::
 
@@ -51,15 +53,12 @@ class DemoConfig(PipelineOptions):
     """Options of ``segrl demo`` (flags, or keys of the ``--config`` YAML file)."""
 
     output_dir: str = field(default="runs/demo", metadata={"help": "Where every stage, the results and report.html go."})
-    quick: bool = field(default=False, metadata={"help": "A smoke test: every stage a few steps (under a minute)."})
+    quick: bool = field(default=False, metadata={"help": "A smoke test: every stage a few steps (about 15 s; meaningless numbers)."})
     seed: int = field(default=0, metadata={"help": "Seed of the pairs, the RMs and the policy runs."})
     methods: list[str] = field(default_factory=lambda: list(DEMO_METHODS),
                                metadata={"help": "Methods compared with SFT (segrl.pipeline.settings.METHODS)."})
     heatmap_prompts: int = field(default=6, metadata={"help": "Held-out prompts shown in the token heat-maps."})
     rebuild: bool = field(default=False, metadata={"help": "Ignore cached stages in OUTPUT_DIR and redo everything."})
-    pair_prompts: int = field(default=1500, metadata={"help": "Training prompts the pairs are sampled from."})
-    dpo_steps: int = field(default=80, metadata={"help": "DPO steps per run."})
-    ppo_iterations: int = field(default=30, metadata={"help": "PPO iterations."})
     title: str = field(default="segrl demo: SFT -> pairs -> segment RM -> DPO / ASR-DPO / segment PPO",
                        metadata={"help": "Report title."})
 
@@ -134,7 +133,8 @@ def _heatmap(cfg: DemoConfig, pipeline, results: list[dict], out: Path, console)
     prompts = pipeline.test_prompts[:n]
     sft = [r["response"] for r in _read_jsonl(pipeline.sft_dir(cfg.seed) / "test_samples.jsonl")[:n]]
     policy = [r["response"] for r in _read_jsonl(pipeline.run_dir(cfg.seed, shown["method"]) / "test_samples.jsonl")[:n]]
-    rows = heldout_heatmap_rows(rm, prompts, {"SFT": sft, shown["label"]: policy},
+    short = shown["label"].split(" (")[0]  # "ASR-DPO (segment RM)" -> "ASR-DPO": the row's side label
+    rows = heldout_heatmap_rows(rm, prompts, {"SFT": sft, short: policy},
                                 baseline=pipeline.dpo_settings.asr_baseline, delta=pipeline.dpo_settings.asr_delta)
     # Interleave: the SFT response and the trained policy's response to the same prompt next to each other.
     rows = [row for pair in zip(rows[:n], rows[n:]) for row in pair]
@@ -144,8 +144,7 @@ def _heatmap(cfg: DemoConfig, pipeline, results: list[dict], out: Path, console)
     doc = render_html(rows, paths["heatmap_html"], title=title)
     render_png(rows, paths["heatmap_png"], max_rows=min(len(rows), 8))
     with open(paths["token_rewards"], "w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        fh.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
     return doc, paths
 
 

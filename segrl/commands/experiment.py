@@ -87,7 +87,13 @@ def _ordered(methods: list[str]) -> list[str]:
 def write_outputs(cfg: ExperimentConfig, pipeline, results: list[dict], sft_records: list[dict], command: str,
                   *, heatmap_html: str | None = None, intro_html: str = "", final: bool = True) -> dict:
     """results.json, results.md, curves.png, comparison.png and report.html from the finished runs."""
-    from segrl.pipeline.report import aggregate, comparison_png, curves_png, markdown_table, render_report
+    from segrl.pipeline.report import (
+        aggregate,
+        comparison_png,
+        curves_png,
+        markdown_table,
+        render_report,
+    )
 
     out = Path(cfg.output_dir)
     summary = aggregate(results, sft_records)
@@ -117,9 +123,9 @@ def write_outputs(cfg: ExperimentConfig, pipeline, results: list[dict], sft_reco
     paths["json"].write_text(json.dumps(data, indent=2, default=str) + "\n")
     md = [f"# {cfg.title}\n", f"Command: `{command}`\n",
           ("" if final else "**Partial results: the run has not finished.**\n"),
-          f"Seeds: {cfg.seeds} ({'one shared SFT model' if cfg.share_sft else 'one SFT model per seed'}); held-out "
-          f"prompts: {cfg.eval_dev} dev (curves, checkpoint selection), {cfg.eval_test} test (reported). "
-          "Mean ± sample std over seeds.\n", markdown_table(summary)]
+          (f"Seeds: {cfg.seeds} ({'one shared SFT model' if cfg.share_sft else 'one SFT model per seed'}); held-out "
+           f"prompts: {cfg.eval_dev} dev (curves, checkpoint selection), {cfg.eval_test} test (reported). "
+           "Mean ± sample std over seeds.\n"), markdown_table(summary)]
     if rm_records:
         md.append("\n| seed | RM | c | pairwise acc (held-out pairs) | credit AUC pooled | credit AUC within response |\n"
                   "|---|---|---|---|---|---|\n")
@@ -170,6 +176,11 @@ def run(cfg: ExperimentConfig, console=None, command: str | None = None) -> dict
             write_outputs(cfg, pipeline, [r for r in results if r["method"] in cfg.methods], sft_records, command,
                           final=False)
     results = [r for r in results if r["method"] in cfg.methods]
+    from segrl.pipeline.settings import METHODS
+
+    for seed in cfg.seeds:  # (cached) RM records for the report; adds diagnostics missing from older records
+        for arm in sorted({METHODS[m].rm_arm for m in methods if METHODS[m].rm_arm}):
+            pipeline.reward_model(seed, arm)
     outputs = write_outputs(cfg, pipeline, results, sft_records, command, final=True)
     console.rule(f"[bold]done in {time.perf_counter() - t0:.0f}s")
     console.print(markdown_table(outputs["summary"]))

@@ -82,7 +82,7 @@ class CheckpointTracker:
 
     def __init__(self, evaluator: ArithEvaluator, steps):
         self.evaluator = evaluator
-        self.steps = set(int(s) for s in steps)
+        self.steps = {int(s) for s in steps}
         self.curve: list[dict] = []
         self.best_step: int | None = None
         self.best_state: dict | None = None

@@ -8,7 +8,14 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from segrl.pipeline.settings import DPOSettings, EvalSettings, PairSettings, PPOSettings, RMSettings, RSSettings
+from segrl.pipeline.settings import (
+    DPOSettings,
+    EvalSettings,
+    PairSettings,
+    PPOSettings,
+    RMSettings,
+    RSSettings,
+)
 from segrl.pipeline.sft import PACKAGED_SFT, SFTSettings
 
 __all__ = ["PipelineOptions"]
@@ -35,7 +42,7 @@ class PipelineOptions:
     # pairs
     pair_source: str = _f("sampled", "'sampled' from the SFT model (best vs worst of samples_per_prompt) or "
                                      "'synthetic' (segrl.tasks.make_preference_pairs).")
-    pair_prompts: int = _f(3000, "Training prompts the pairs are drawn from (ties are dropped; 10% go to RM eval).")
+    pair_prompts: int = _f(3000, "Training prompts the pairs are drawn from (ties are dropped; a tenth of the pairs go to RM eval).")
     samples_per_prompt: int = _f(4, "Samples per prompt for 'sampled' pairs.")
     conflict_fraction: float = _f(0.5, "Conflict fraction of 'synthetic' pairs.")
     # reward models

@@ -24,7 +24,10 @@ __all__ = ["attach_oracle_rewards", "pairs_from_samples", "sample_responses", "t
 
 def train_prompts(n: int, seed: int, *, min_terms: int = 4, max_terms: int = 6) -> list[str]:
     """``n`` distinct prompts from the training side of the partition (never held out)."""
-    from segrl.tasks.arith import _draw_train_terms, _prompt_text  # the task's own sampler
+    from segrl.tasks.arith import (  # the task's own sampler
+        _draw_train_terms,
+        _prompt_text,
+    )
 
     rng = random.Random(f"pipeline-prompts-{seed}")
     seen: dict[str, None] = {}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import json
 import math
 from pathlib import Path
@@ -162,8 +161,8 @@ def curves_png(results: list[dict], sft_records: list[dict], path: str | Path) -
             ax.set_title(FAMILY_TITLES[family] if row == 0 else "", fontsize=10)
             ax.set_ylabel(f"dev {metric.replace('_', ' ')}")
             ax.grid(alpha=0.3)
-            if row == 0:
-                ax.legend(fontsize=7, loc="best")
+            if row == 1:  # exact match starts near 0: the upper left of the lower panel is free
+                ax.legend(fontsize=7, loc="upper left")
     if not families:
         axes[0][0].text(0.5, 0.5, "no method runs", ha="center")
     path = Path(path)
@@ -178,7 +177,8 @@ def comparison_png(summary: dict, path: str | Path) -> Path:
     plt = _plt()
     names = list(summary["methods"])
     labels = ["SFT"] + [summary["methods"][n]["label"] for n in names]
-    fig, axes = plt.subplots(1, 2, figsize=(max(8.0, 1.1 * len(labels) + 3), 5.0), constrained_layout=True)
+    fig, axes = plt.subplots(2, 1, figsize=(max(8.0, 0.62 * len(labels) + 3), 9.0), sharex=True,
+                             constrained_layout=True)
     kinds = (("final", "final (test)"), ("best", "best-on-dev ckpt (test)"), ("mean_ckpt", "mean over ckpts (dev)"))
     width = 0.27
     for ax, metric in zip(axes, ("step_accuracy", "exact_match")):
@@ -193,6 +193,7 @@ def comparison_png(summary: dict, path: str | Path) -> Path:
             ax.bar(xs, means, width, yerr=errs, capsize=2, label=title, color=f"C{k}", alpha=0.85)
         ax.set_xticks(range(len(labels)))
         ax.set_xticklabels(labels, rotation=35, ha="right", fontsize=8)
+        ax.tick_params(axis="x", labelbottom=ax is axes[-1])
         ax.set_ylabel(metric.replace("_", " "))
         ax.set_ylim(0, 1)
         ax.grid(axis="y", alpha=0.3)
@@ -241,7 +242,7 @@ def heldout_heatmap_rows(rm, prompts: list[str], responses: dict[str, list[str]]
         marks = "".join("✓" if part.correct else "✗" for part in parse_response(p, r))
         verdict = "correct" if r.strip() == solve(p) else f"parts {marks}"
         rows.append({
-            "title": f"{name} · {p} → {verdict} · RM score {float(scores[b]):+.2f}",
+            "title": f"{p} → {verdict} · RM {float(scores[b]):+.2f}",
             "prompt": p, "side": name, "seq_sign": int(seq_sign[b]), "fallback": bool(fallback[b]),
             "tokens": [tok.decode([t]) for t in response_ids[b]][:n],
             "rewards": rewards[b, :n].tolist(), "segment_ids": seg[b, :n].tolist(), "kept": keep[b, :n].tolist(),
@@ -280,8 +281,8 @@ def render_report(path: str | Path, *, title: str, summary: dict, intro_html: st
                   comparison: Path | None, rm_records: list[dict], pair_stats: list[dict], heatmap_html: str | None,
                   timings: dict[str, float], settings: dict, command: str, notes_html: str = "") -> Path:
     """Write the single-file HTML report (images inline as base64, the heat-map in an ``iframe srcdoc``)."""
-    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-             f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>", intro_html]
+    parts = [(f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+              f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"), intro_html]
     parts.append("<h2>Held-out evaluation</h2>" + html_table(summary))
     parts.append(
         "<p class='note'>Greedy decoding on held-out prompts (a fixed hash partition of the prompt space, never "
@@ -320,8 +321,9 @@ def render_report(path: str | Path, *, title: str, summary: dict, intro_html: st
                              + _img(plot, "normaliser fit"))
                 break
     if pair_stats:
-        rows = [(f"seed {p.get('seed', '')}", f"{p['n']} pairs, conflict fraction {p['conflict_fraction']:.2f}, wrong "
-                 f"parts chosen {p['chosen_wrong_parts']:.2f} / rejected {p['rejected_wrong_parts']:.2f}")
+        rows = [(f"seed {p.get('seed', '')}",
+                 (f"{p['n']} pairs, conflict fraction {p['conflict_fraction']:.2f}, wrong parts chosen "
+                  f"{p['chosen_wrong_parts']:.2f} / rejected {p['rejected_wrong_parts']:.2f}"))
                 for p in pair_stats]
         parts.append("<h2>Preference pairs</h2>" + _kv_table(rows))
     if heatmap_html:

@@ -32,8 +32,19 @@ from pathlib import Path
 import torch
 
 from segrl.pipeline.diagnostics import segment_rm_credit
-from segrl.pipeline.evaluation import METRICS, ArithEvaluator, CheckpointTracker, EvalCallback, heldout_split
-from segrl.pipeline.pairs import attach_oracle_rewards, pairs_from_samples, sample_responses, train_prompts
+from segrl.pipeline.evaluation import (
+    METRICS,
+    ArithEvaluator,
+    CheckpointTracker,
+    EvalCallback,
+    heldout_split,
+)
+from segrl.pipeline.pairs import (
+    attach_oracle_rewards,
+    pairs_from_samples,
+    sample_responses,
+    train_prompts,
+)
 from segrl.pipeline.progress import Reporter, RichTrainerProgress
 from segrl.pipeline.settings import (
     METHODS,
@@ -91,8 +102,7 @@ def _write_json(path: Path, data) -> None:
 def _write_jsonl(path: Path, rows) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
+        f.writelines(json.dumps(r) + "\n" for r in rows)
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -519,6 +529,9 @@ class Pipeline:
             asr_delta=self.dpo_settings.asr_delta, use_cpu=True, seed=seed, logging_steps=1,
         )
         tracker = self._tracker(s.iterations, sft)
+        from transformers import set_seed
+
+        set_seed(seed)  # the critic's fresh head is drawn from the global RNG when it is loaded
         policy, ref = self._load_lm(sft_dir), self._load_lm(sft_dir)
         critic = AutoModelForTokenClassification.from_pretrained(sft_dir, num_labels=1, dtype=torch.float32)
         prompts = train_prompts(s.n_prompts, 10_000 + seed)
