@@ -51,6 +51,9 @@ def build_ppo_trainer(args: SegmentPPOConfig) -> SegmentPPOTrainer:
     policy = AutoModelForCausalLM.from_pretrained(args.policy)
     ref_model = AutoModelForCausalLM.from_pretrained(reference)
     critic_path = args.policy if args.critic_init == "policy" else args.reward_model
+    from transformers import set_seed
+
+    set_seed(args.seed)  # the critic's fresh head is drawn now: make it a function of the seed only
     critic = AutoModelForTokenClassification.from_pretrained(critic_path, num_labels=1)
     source = source_from_reward_model(rm, threshold=args.segment_threshold, spread_mode=args.spread_mode)
     return SegmentPPOTrainer(
