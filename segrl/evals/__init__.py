@@ -12,7 +12,7 @@ transformers only load when a suite needs them).
 
 from __future__ import annotations
 
-import importlib
+from segrl._lazy import lazy_exports
 
 _EXPORTS = {
     "EvalConfig": "segrl.evals.config",
@@ -34,14 +34,4 @@ _EXPORTS = {
     "write_report": "segrl.evals.report",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'segrl.evals' has no attribute {name!r}")
-
-
-def __dir__():
-    return __all__
+__getattr__, __dir__, __all__ = lazy_exports("segrl.evals", _EXPORTS)

@@ -6,7 +6,7 @@ helpers (:func:`load_tiny_prefs`, ...) do not import transformers.
 
 from __future__ import annotations
 
-import importlib
+from segrl._lazy import lazy_exports
 
 _EXPORTS = {
     "build_tiny_tokenizer": "segrl.models.tiny",
@@ -23,14 +23,4 @@ _EXPORTS = {
     "step_correctness": "segrl.models.tiny_data",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'segrl.models' has no attribute {name!r}")
-
-
-def __dir__():
-    return __all__
+__getattr__, __dir__, __all__ = lazy_exports("segrl.models", _EXPORTS)

@@ -11,7 +11,7 @@ Attributes are imported lazily (TRL and transformers load only when a stage runs
 
 from __future__ import annotations
 
-import importlib
+from segrl._lazy import lazy_exports
 
 _EXPORTS = {
     "Pipeline": "segrl.pipeline.stages",
@@ -41,14 +41,4 @@ _EXPORTS = {
     "Reporter": "segrl.pipeline.progress",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'segrl.pipeline' has no attribute {name!r}")
-
-
-def __dir__():
-    return __all__
+__getattr__, __dir__, __all__ = lazy_exports("segrl.pipeline", _EXPORTS)

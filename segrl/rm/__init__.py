@@ -12,7 +12,7 @@ Attributes are imported lazily so ``import segrl.rm`` does not import TRL.
 
 from __future__ import annotations
 
-import importlib
+from segrl._lazy import lazy_exports
 
 _EXPORTS = {
     "SegmentRewardModel": "segrl.rm.model",
@@ -39,14 +39,4 @@ _EXPORTS = {
     "evaluate_pairwise": "segrl.rm.evaluate",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'segrl.rm' has no attribute {name!r}")
-
-
-def __dir__():
-    return __all__
+__getattr__, __dir__, __all__ = lazy_exports("segrl.rm", _EXPORTS)
