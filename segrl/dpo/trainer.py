@@ -31,6 +31,7 @@ from trl.models import prepare_deepspeed
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import get_config_model_id, use_adapter
 
+from segrl._distributed import global_baseline
 from segrl.dpo.collator import PER_TOKEN_COLUMNS, DataCollatorForASRPreference
 from segrl.dpo.config import ASRDPOConfig
 from segrl.dpo.layout import from_input_layout, from_logp_layout, response_span, to_input_layout
@@ -323,18 +324,12 @@ class ASRDPOTrainer(DPOTrainer):
     # ------------------------------------------------------------------ loss
 
     def _global_mask_options(self, token_rewards: torch.Tensor, mask: torch.Tensor):
-        """The mask options with a ``batch_mean`` baseline resolved over the *global* batch.
-
-        Under data parallelism each rank sees a shard of the batch; a per-rank mean would make the
-        mask (and so the loss) depend on the number of processes.
-        """
+        """The mask options with a ``batch_mean`` baseline resolved over the *global* batch."""
         options = self._mask_options
-        if options.baseline != "batch_mean" or self.accelerator.num_processes == 1 or options.mask_type == "none":
+        if options.mask_type == "none":
             return options
-        m = mask.to(torch.float64)
-        stats = torch.stack([(torch.where(mask, token_rewards, 0).double()).sum(), m.sum()])
-        stats = self.accelerator.reduce(stats, "sum")
-        return dataclasses.replace(options, baseline=float(stats[0] / stats[1].clamp(min=1)))
+        baseline = global_baseline(self.accelerator, options.baseline, token_rewards, mask)
+        return options if baseline == options.baseline else dataclasses.replace(options, baseline=baseline)
 
     def _compute_loss(self, model, inputs, return_outputs):
         if not self._mask_options.needs_rewards:

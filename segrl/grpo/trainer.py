@@ -20,6 +20,7 @@ import torch
 from trl import GRPOConfig, GRPOTrainer
 
 from segrl import ops
+from segrl._distributed import global_baseline
 from segrl.ops import parse_baseline
 from segrl.ppo.trainer import response_mask_from
 
@@ -123,11 +124,7 @@ class SegmentGRPOTrainer(GRPOTrainer):
             padded[:, : token_rewards.shape[1]] = token_rewards
             seq = seg.scores.to(device)
             seq_sign = torch.where(seq >= self._group_mean_of(seq), 1, -1)
-            baseline = self.args.asr_baseline
-            if baseline == "batch_mean":  # over every rank's rows, so the mask does not depend on sharding
-                m = response_mask.to(padded.dtype)
-                stats = self.accelerator.reduce(torch.stack([(padded * m).sum(), m.sum()]), "sum")
-                baseline = float(stats[0] / stats[1].clamp(min=1))
+            baseline = global_baseline(self.accelerator, self.args.asr_baseline, padded, response_mask)
             res = ops.asr_segments(padded, response_mask, seq_sign, baseline=baseline,
                                    delta=self.args.asr_delta, neutral=self.args.asr_neutral, empty=self.args.asr_empty)
             tool_mask = out.get("tool_mask")

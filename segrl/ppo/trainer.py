@@ -20,6 +20,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from trl.trainer.utils import disable_dropout_in_model, entropy_from_logits, selective_log_softmax
 
 from segrl import ops
+from segrl._distributed import global_baseline
 
 from .config import SegmentPPOConfig
 from .rewards import SegmentRewardSource
@@ -174,11 +175,7 @@ class SegmentPPOTrainer:
             seq = dense.seq_rewards
             seq_sign = torch.where(seq >= self._global_mean(seq), 1, -1)  # ties -> +1 (SPEC §1)
             signal = token_rewards if args.asr_signal == "token_rewards" else values
-            baseline = args.asr_baseline
-            if baseline == "batch_mean":  # over the global rollout batch, so the mask does not depend on sharding
-                m = response_mask.to(signal.dtype)
-                s = self.accelerator.reduce(torch.stack([(signal * m).sum(), m.sum()]), "sum")
-                baseline = float(s[0] / s[1].clamp(min=1))
+            baseline = global_baseline(self.accelerator, args.asr_baseline, signal, response_mask)
             res = ops.asr_segments(
                 signal, response_mask, seq_sign, baseline=baseline, delta=args.asr_delta,
                 neutral=args.asr_neutral, empty=args.asr_empty,
