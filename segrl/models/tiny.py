@@ -27,6 +27,8 @@ from pathlib import Path
 import torch
 
 from segrl.models.tiny_data import load_tiny_corpus, load_tiny_prefs
+from segrl.padding import pad_rows
+from segrl.sft_loop import run_sft_steps
 
 __all__ = [
     "SPECIAL_TOKENS",
@@ -349,16 +351,6 @@ def _sft_texts(tokenizer, prefs: Sequence[dict], max_tokens: int = 64) -> list[l
     return seqs
 
 
-def _pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(map(len, seqs))
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
-        attn[i, : len(s)] = 1
-    return ids, attn
-
-
 def _lr_at(step: int, steps: int, lr: float, warmup: int = 10) -> float:
     if step < warmup:
         return lr * (step + 1) / warmup
@@ -369,25 +361,18 @@ def _train_sft(model, tokenizer, seqs, *, steps: int, seed: int, progress: Progr
                batch_size: int = 16, lr: float = 3e-3) -> None:
     rng = random.Random(seed)
     n_pref = len(load_tiny_prefs())
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    model.train()
-    for step in range(steps):
+
+    def next_batch(step: int):
         # Half of every batch is preference-format text so the model learns the response format,
         # the other half is corpus so it is a (very small) general LM.
         idx = [rng.randrange(n_pref) for _ in range(batch_size // 2)]
         idx += [rng.randrange(n_pref, len(seqs)) for _ in range(batch_size - len(idx))]
-        ids, attn = _pad([seqs[i] for i in idx], tokenizer.pad_token_id)
-        labels = ids.masked_fill(attn == 0, -100)
-        for group in opt.param_groups:
-            group["lr"] = _lr_at(step, steps, lr)
-        loss = model(input_ids=ids, attention_mask=attn, labels=labels).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        if progress is not None:
-            progress("sft", step + 1, steps)
-    model.eval()
+        ids, attn = pad_rows([seqs[i] for i in idx], tokenizer.pad_token_id)
+        return ids, attn, ids.masked_fill(attn == 0, -100)
+
+    on_step = None if progress is None else (lambda step, _loss: progress("sft", step, steps))
+    run_sft_steps(model, next_batch, steps=steps, lr_at=lambda step: _lr_at(step, steps, lr), learning_rate=lr,
+                  on_step=on_step)
 
 
 def _train_dpo(model, ref, tokenizer, prefs, *, steps: int, beta: float, seed: int, progress: ProgressFn | None,

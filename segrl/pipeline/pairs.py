@@ -19,6 +19,8 @@ import random
 
 import torch
 
+from segrl.padding import pad_rows
+
 __all__ = ["attach_oracle_rewards", "pairs_from_samples", "sample_responses", "train_prompts"]
 
 
@@ -53,12 +55,8 @@ def sample_responses(model, tokenizer, prompts, *, k: int, temperature: float = 
         for lo in range(0, len(prompts), batch_size):
             chunk = prompts[lo: lo + batch_size]
             enc = tok(chunk, add_special_tokens=False)["input_ids"]
-            width = max(map(len, enc))
-            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-            attn = torch.zeros((len(chunk), width), dtype=torch.long)
-            for i, row in enumerate(enc):
-                ids[i, width - len(row):] = torch.tensor(row)
-                attn[i, width - len(row):] = 1
+            ids, attn = pad_rows(enc, pad, side="left")
+            width = ids.shape[1]
             gen = model.generate(input_ids=ids, attention_mask=attn, do_sample=True, temperature=temperature,
                                  top_k=0, top_p=1.0, max_new_tokens=max_new_tokens, num_return_sequences=k,
                                  pad_token_id=pad, eos_token_id=eos)

@@ -24,6 +24,9 @@ from pathlib import Path
 
 import torch
 
+from segrl.padding import pad_rows
+from segrl.sft_loop import run_sft_steps
+
 __all__ = [
     "PACKAGED_SFT",
     "SFTSettings",
@@ -113,37 +116,29 @@ def train_sft(model, tokenizer, settings: SFTSettings, *, progress: ProgressFn |
     """
     examples = sft_examples(tokenizer, settings)
     rng = random.Random(settings.seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=0.0, betas=(0.9, 0.98))
     pad = tokenizer.pad_token_id
     log: list[dict] = []
-    model.train()
-    for step in range(settings.steps):
+
+    def next_batch(step: int):
         batch = [examples[rng.randrange(len(examples))] for _ in range(settings.batch_size)]
-        width = max(len(ids) for ids, _ in batch)
-        ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        attn = torch.zeros((len(batch), width), dtype=torch.long)
-        labels = torch.full((len(batch), width), -100, dtype=torch.long)
-        for j, (seq, plen) in enumerate(batch):
-            ids[j, : len(seq)] = torch.tensor(seq)
-            attn[j, : len(seq)] = 1
-            labels[j, plen: len(seq)] = ids[j, plen: len(seq)]
-        for group in opt.param_groups:
-            group["lr"] = _lr(step, settings)
-        loss = model(input_ids=ids, attention_mask=attn, labels=labels).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        value = loss.item()
-        if step % 10 == 0 or step == settings.steps - 1:
-            log.append({"step": step + 1, "loss": value})
+        ids, attn = pad_rows([seq for seq, _ in batch], pad)
+        labels = ids.masked_fill(attn == 0, -100)
+        for j, (_, plen) in enumerate(batch):
+            labels[j, :plen] = -100  # the prompt is context, not a target
+        return ids, attn, labels
+
+    def on_step(step: int, loss: float):
+        if step % 10 == 1 or step == settings.steps:
+            log.append({"step": step, "loss": loss})
         if progress is not None:
-            progress(step + 1, settings.steps, value)
-        if callback is not None and callback_every and ((step + 1) % callback_every == 0):
+            progress(step, settings.steps, loss)
+        if callback is not None and callback_every and step % callback_every == 0:
             model.eval()
-            callback(step + 1, model)
+            callback(step, model)
             model.train()
-    model.eval()
+
+    run_sft_steps(model, next_batch, steps=settings.steps, lr_at=lambda step: _lr(step, settings),
+                  learning_rate=settings.learning_rate, betas=(0.9, 0.98), on_step=on_step)
     return log
 
 
