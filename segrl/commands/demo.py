@@ -118,7 +118,7 @@ def _heatmap(cfg: DemoConfig, pipeline, results: list[dict], out: Path, console)
     """Held-out responses of SFT and of the first ASR method (or the last method), scored by the RM
     the ASR method uses (the segment RM by default). Writes heatmap.html / .png / token_rewards.jsonl."""
     from segrl.pipeline.report import heldout_heatmap_rows
-    from segrl.pipeline.stages import _read_jsonl
+    from segrl.pipeline.cache import read_jsonl as _read_jsonl
     from segrl.rm import SegmentRewardModel
     from segrl.viz import render_html, render_png
 

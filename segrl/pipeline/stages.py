@@ -19,11 +19,9 @@ run again, so an interrupted or repeated run only does what is missing.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
-import random
 import shutil
 import time
 from dataclasses import asdict
@@ -31,21 +29,13 @@ from pathlib import Path
 
 import torch
 
+from segrl.pipeline.cache import RESULT, StageCache, read_json, read_jsonl, write_json, write_jsonl
 from segrl.pipeline.diagnostics import segment_rm_credit
-from segrl.pipeline.evaluation import (
-    METRICS,
-    ArithEvaluator,
-    CheckpointTracker,
-    EvalCallback,
-    heldout_split,
-)
-from segrl.pipeline.pairs import (
-    attach_oracle_rewards,
-    pairs_from_samples,
-    sample_responses,
-    train_prompts,
-)
+from segrl.pipeline.evaluation import METRICS, ArithEvaluator, CheckpointTracker, heldout_split
+from segrl.pipeline.pairs import attach_oracle_rewards, pairs_from_samples, sample_responses, train_prompts
 from segrl.pipeline.progress import Reporter, RichTrainerProgress
+from segrl.pipeline.runners import runner_for
+from segrl.pipeline.runners.common import mean, quiet_trainer, trainer_common
 from segrl.pipeline.settings import (
     METHODS,
     DPOSettings,
@@ -60,8 +50,6 @@ from segrl.pipeline.settings import (
 from segrl.pipeline.sft import SFTSettings, load_or_train_sft, read_meta
 
 __all__ = ["Pipeline", "quiet_libraries"]
-
-RESULT = "result.json"
 
 
 def quiet_libraries() -> None:
@@ -82,63 +70,6 @@ def quiet_libraries() -> None:
     for pattern in (".*pad_token == eos_token.*", ".*requires_grad=True to a scalar.*", ".*use_cache=True.*",
                     ".*generation flags are not valid.*", ".*TRL currently only supports.*"):
         warnings.filterwarnings("ignore", message=pattern)
-
-
-def _read_json(path: Path):
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _write_json(path: Path, data) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)  # a run killed mid-write never leaves a half result
-
-
-def _write_jsonl(path: Path, rows) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in rows)
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def _random_like(lists, rng: random.Random) -> list[list[float]]:
-    """Seeded standard-normal values shaped like ``lists`` (token rewards without any credit)."""
-    return [[rng.gauss(0.0, 1.0) for _ in values] for values in lists]
-
-
-def _random_rewards(rows: list[dict], seed: int, columns) -> list[dict]:
-    """Replace the token-reward ``columns`` (oracle-shaped lists) by seeded Gaussian noise."""
-    rng = random.Random(f"random-rewards-{seed}")
-    return [{**r, **{c: _random_like([r[c]], rng)[0] for c in columns}} for r in rows]
-
-
-def _mean(values):
-    values = [v for v in values if v is not None]
-    return sum(values) / len(values) if values else None
-
-
-def _quiet_trainer(trainer):
-    """Drop the PrinterCallback transformers adds when ``disable_tqdm=True`` (it prints every log dict)."""
-    from transformers.trainer_callback import PrinterCallback
-
-    trainer.remove_callback(PrinterCallback)
-    return trainer
-
-
-def _trainer_common(output_dir: Path, seed: int) -> dict:
-    """TrainingArguments shared by every TRL trainer of the pipeline: CPU, quiet, no checkpoints."""
-    return dict(output_dir=str(output_dir), save_strategy="no", report_to="none", disable_tqdm=True,
-                use_cpu=True, seed=seed, data_seed=seed, logging_steps=5, dataloader_num_workers=0,
-                bf16=False, fp16=False)
 
 
 class Pipeline:
@@ -175,22 +106,21 @@ class Pipeline:
         self.dev_prompts, self.test_prompts = dev, test
         self.dev_eval = ArithEvaluator(self.tokenizer, dev)
         self.test_eval = ArithEvaluator(self.tokenizer, test)
-        self.timings: dict[str, float] = {}
+        self.cache = StageCache(force)
         self._eval_key = settings_key(evals)
-        self.force = force
-        self._fresh: set[str] = set()  # keys computed by this process (reused even with force)
         self._noted: set[Path] = set()
 
     # ------------------------------------------------------------------ helpers
 
-    def _reuse(self, key: str) -> bool:
-        """Whether a cached artifact with this key may be reused (always, unless ``force``)."""
-        return not self.force or key in self._fresh
+    @property
+    def timings(self) -> dict[str, float]:
+        return self.cache.timings
 
-    def _time(self, name: str, seconds: float) -> None:
-        self.timings[name] = self.timings.get(name, 0.0) + seconds
+    @property
+    def force(self) -> bool:
+        return self.cache.force
 
-    def _load_lm(self, path):
+    def load_lm(self, path):
         from transformers import AutoModelForCausalLM
 
         return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
@@ -215,10 +145,9 @@ class Pipeline:
         settings = self._sft_for(seed)
         out = self.sft_dir(seed)
         key = settings_key(settings.key(), self._eval_key)
-        cached = _read_json(out / "eval.json")
+        cached = read_json(out / "eval.json")
         meta = read_meta(out)
-        if cached is not None and cached.get("key") == key and meta is not None and meta["key"] == settings.key() \
-                and self._reuse(key):
+        if self.cache.reusable(cached, key) and meta is not None and meta["key"] == settings.key():
             if out not in self._noted:
                 self._noted.add(out)
                 self.reporter.note(f"  SFT: reusing {out} ({meta.get('source', '?')}); held-out test step acc "
@@ -236,17 +165,17 @@ class Pipeline:
         if how == "packaged":
             self.reporter.note("  using the packaged SFT checkpoint (trained by scripts/make_sft_checkpoint.py with "
                                "these exact settings; pass --train_sft to retrain)")
-        model = self._load_lm(path)
+        model = self.load_lm(path)
         dev = self.dev_eval(model)
         test, responses = self.test_eval(model, return_samples=True)
         record = {"key": key, "how": how, "settings": asdict(settings), "dev": dev, "test": test,
                   "seconds": time.perf_counter() - t0}
-        _write_json(out / "eval.json", record)
-        self._fresh.add(key)
+        write_json(out / "eval.json", record)
+        self.cache.computed(key)
         self._noted.add(out)
-        _write_jsonl(out / "test_samples.jsonl", [{"prompt": p, "response": r}
-                                                  for p, r in zip(self.test_prompts, responses)])
-        self._time("sft", record["seconds"])
+        write_jsonl(out / "test_samples.jsonl", [{"prompt": p, "response": r}
+                                                 for p, r in zip(self.test_prompts, responses)])
+        self.cache.add_time("sft", record["seconds"])
         self.reporter.note(f"  SFT held-out test: step acc {test['step_accuracy']:.3f}, exact {test['exact_match']:.3f}"
                            f" ({how}, {record['seconds']:.0f}s)")
         return record
@@ -262,15 +191,15 @@ class Pipeline:
 
         d = self.seed_dir(seed)
         key = self.pairs_key(seed)
-        meta = _read_json(d / "pairs.json")
-        if meta is not None and meta.get("key") == key and self._reuse(key):
-            return _read_jsonl(d / "pairs_train.jsonl"), _read_jsonl(d / "pairs_eval.jsonl"), meta["stats"]
+        meta = read_json(d / "pairs.json")
+        if self.cache.reusable(meta, key):
+            return read_jsonl(d / "pairs_train.jsonl"), read_jsonl(d / "pairs_eval.jsonl"), meta["stats"]
         s = self.pair_settings
         self.reporter.stage(f"seed {seed}: preference pairs ({s.source})")
         t0 = time.perf_counter()
         if s.source == "sampled":
             self.sft(seed)
-            model = self._load_lm(self.sft_dir(seed))
+            model = self.load_lm(self.sft_dir(seed))
             prompts = train_prompts(s.n_prompts, seed)
             with self.reporter.bar(f"sampling {s.samples_per_prompt} responses / prompt", len(prompts)) as update:
                 samples = sample_responses(model, self.tokenizer, prompts, k=s.samples_per_prompt,
@@ -285,11 +214,11 @@ class Pipeline:
         train, evals = rows[:-n_eval], rows[-n_eval:]
         stats = {**preference_stats(train), "n_eval": len(evals), "n_prompts": s.n_prompts,
                  "seconds": time.perf_counter() - t0}
-        _write_jsonl(d / "pairs_train.jsonl", train)
-        _write_jsonl(d / "pairs_eval.jsonl", evals)
-        _write_json(d / "pairs.json", {"key": key, "stats": stats})
-        self._fresh.add(key)
-        self._time("pairs", stats["seconds"])
+        write_jsonl(d / "pairs_train.jsonl", train)
+        write_jsonl(d / "pairs_eval.jsonl", evals)
+        write_json(d / "pairs.json", {"key": key, "stats": stats})
+        self.cache.computed(key)
+        self.cache.add_time("pairs", stats["seconds"])
         self.reporter.note(f"  {len(train)} training pairs (+{len(evals)} for RM eval), conflict fraction "
                            f"{stats['conflict_fraction']:.2f}, wrong parts chosen {stats['chosen_wrong_parts']:.2f} vs "
                            f"rejected {stats['rejected_wrong_parts']:.2f}")
@@ -318,11 +247,11 @@ class Pipeline:
 
         out = self.rm_dir(seed, arm)
         key = self.rm_key(seed, arm)
-        cached = _read_json(out / RESULT)
-        if cached is not None and cached.get("key") == key and (out / "config.json").is_file() and self._reuse(key):
+        cached = read_json(out / RESULT)
+        if self.cache.reusable(cached, key) and (out / "config.json").is_file():
             if "auc_within_response" not in cached.get("credit", {}):  # records written before that diagnostic
                 cached["credit"] = segment_rm_credit(SegmentRewardModel.from_pretrained(out), self.pairs(seed)[1])
-                _write_json(out / RESULT, cached)
+                write_json(out / RESULT, cached)
             return cached
         train, evals, _ = self.pairs(seed)
         s = self.rm_settings
@@ -336,7 +265,7 @@ class Pipeline:
         eval_ds = Dataset.from_list([{k: r[k] for k in cols} for r in evals])
         shutil.rmtree(out, ignore_errors=True)
         args = SegmentRewardConfig(
-            **_trainer_common(out, seed), segment_threshold=threshold, reference_model=str(sft_dir),
+            **trainer_common(out, seed), segment_threshold=threshold, reference_model=str(sft_dir),
             per_device_train_batch_size=s.batch_size, num_train_epochs=s.epochs, learning_rate=s.learning_rate,
             lr_scheduler_type="cosine", warmup_steps=5, entropy_batch_size=64, dataset_num_proc=None,
         )
@@ -344,7 +273,7 @@ class Pipeline:
         trainer = SegmentRewardTrainer(model=str(sft_dir), args=args, train_dataset=train_ds,
                                        processing_class=self.tokenizer,
                                        callbacks=[RichTrainerProgress(self.reporter, f"RM steps (c={c})")])
-        _quiet_trainer(trainer).train()
+        quiet_trainer(trainer).train()
         trainer.save_model(str(out))
         log = [h for h in trainer.state.log_history if "loss" in h]
         del trainer
@@ -360,9 +289,9 @@ class Pipeline:
                   "train_accuracy_256": train_acc, "normalizer_plot": str(out / "normalizer.png"),
                   "normalizer": fit.coef.to_dict(), "normalizer_segments": fit.n_segments, "train_log": log,
                   "seconds": time.perf_counter() - t0}
-        _write_json(out / RESULT, record)
-        self._fresh.add(key)
-        self._time(f"rm_{arm}", record["seconds"])
+        write_json(out / RESULT, record)
+        self.cache.computed(key)
+        self.cache.add_time(f"rm_{arm}", record["seconds"])
         self.reporter.note(f"  pairwise accuracy on {pairwise['n_pairs']} held-out pairs: {pairwise['accuracy']:.3f} "
                            f"(train {train_acc:.3f}); {pairwise['segments_per_response']:.2f} segments / response, "
                            f"mean length {pairwise['mean_segment_length']:.2f}; token credit AUC vs oracle "
@@ -397,9 +326,8 @@ class Pipeline:
         spec = METHODS[method]
         key = self.method_key(seed, method)
         out = self.run_dir(seed, method)
-        cached = _read_json(out / RESULT)
-        if cached is not None and cached.get("key") == key and (not self.save_models or (out / "model").is_dir()) \
-                and self._reuse(key):
+        cached = read_json(out / RESULT)
+        if self.cache.reusable(cached, key) and (not self.save_models or (out / "model").is_dir()):
             self.reporter.note(f"  seed {seed} {method}: cached")
             return cached
         for dep in spec.needs:
@@ -412,12 +340,12 @@ class Pipeline:
         t0 = time.perf_counter()
         shutil.rmtree(out, ignore_errors=True)
         out.mkdir(parents=True)
-        runner = {"dpo": self._run_dpo, "ppo": self._run_ppo, "rs": self._run_rs}[spec.family]
-        tracker, model, extra = runner(seed, spec, out, sft)
+        tracker, model, extra = runner_for(spec.family)(self, seed, spec, out, sft)
         record = self._finish(seed, spec, out, tracker, model, extra, key, time.perf_counter() - t0)
         return record
 
-    def _tracker(self, total: int, sft: dict) -> CheckpointTracker:
+    def new_tracker(self, total: int, sft: dict) -> CheckpointTracker:
+        """A dev-set checkpoint tracker for a run of ``total`` steps, starting from the SFT model's scores."""
         tracker = CheckpointTracker(self.dev_eval, self.eval_settings.schedule(total))
         tracker.add_start(sft["dev"])
         return tracker
@@ -433,210 +361,24 @@ class Pipeline:
         else:
             # A fresh model, not a deepcopy: TRL patches the trained model's forward with a closure over
             # the original instance, so a copy would still run the final weights.
-            best_model = self._load_lm(self.sft_dir(seed))
+            best_model = self.load_lm(self.sft_dir(seed))
             best_model.load_state_dict(tracker.best_state)
             best = {**self.test_eval(best_model), "step": tracker.best_step}
-        over = {k: _mean([c[k] for c in trained]) for k in METRICS}
+        over = {k: mean([c[k] for c in trained]) for k in METRICS}
         record = {"key": key, "method": spec.name, "label": spec.label, "family": spec.family, "seed": seed,
                   "mask": spec.mask, "rewards": spec.rewards, "rm_arm": spec.rm_arm, "curve": tracker.curve,
                   "final": final, "best": best, "mean_over_checkpoints": over, "seconds": seconds, **extra}
         if self.save_models or spec.name == "dpo":
             model.save_pretrained(out / "model")
             self.tokenizer.save_pretrained(out / "model")
-        _write_jsonl(out / "test_samples.jsonl", [{"prompt": p, "response": r}
-                                                  for p, r in zip(self.test_prompts, responses)])
-        _write_json(out / RESULT, record)
-        self._fresh.add(key)
-        self._time(spec.family, seconds)
+        write_jsonl(out / "test_samples.jsonl", [{"prompt": p, "response": r}
+                                                 for p, r in zip(self.test_prompts, responses)])
+        write_json(out / RESULT, record)
+        self.cache.computed(key)
+        self.cache.add_time(spec.family, seconds)
         kept = record.get("kept_token_fraction")
         self.reporter.note(
             f"  test: final step acc {final['step_accuracy']:.3f} / exact {final['exact_match']:.3f}; best-on-dev "
             f"(step {best['step']}) {best['step_accuracy']:.3f} / {best['exact_match']:.3f}"
             + (f"; kept tokens {kept:.2f}" if kept is not None else "") + f" ({seconds:.0f}s)")
         return record
-
-    # ------------------------------------------------------------------ DPO family
-
-    def _run_dpo(self, seed, spec, out: Path, sft: dict):
-        from datasets import Dataset
-        from transformers import set_seed
-
-        from segrl.dpo import ASRDPOConfig, ASRDPOTrainer
-
-        s = self.dpo_settings
-        train, _, _ = self.pairs(seed)
-        cols = ["prompt", "chosen", "rejected"] + (["chosen_token_rewards", "rejected_token_rewards"]
-                                                   if spec.rewards in ("oracle", "random") else [])
-        rows = [{k: r[k] for k in cols} for r in train]
-        if spec.rewards == "random":
-            rows = _random_rewards(rows, seed, ("chosen_token_rewards", "rejected_token_rewards"))
-        dataset = Dataset.from_list(rows)
-        source = {"segment_rm": "segment_rm", "implicit": "implicit"}.get(spec.rewards, "columns")
-        sft_dir = self.sft_dir(seed)
-        args = ASRDPOConfig(
-            **_trainer_common(out / "trainer", seed), max_steps=s.steps, per_device_train_batch_size=s.batch_size,
-            learning_rate=s.learning_rate * spec.lr_scale, lr_scheduler_type="constant_with_warmup",
-            warmup_steps=s.warmup_steps, beta=s.beta, loss_type=[s.loss_type], mask_type=spec.mask, asr_baseline=spec.baseline or s.asr_baseline,
-            asr_delta=s.asr_delta, token_reward_source=source,
-            token_reward_model=str(self.rm_dir(seed, spec.rm_arm)) if spec.rm_arm else None,
-            implicit_policy=str(self.run_dir(seed, "dpo") / "model") if spec.rewards == "implicit" else None,
-            implicit_ref=str(sft_dir) if spec.rewards == "implicit" else None, implicit_beta=s.implicit_beta,
-            token_reward_batch_size=64, dataset_num_proc=None,
-        )
-        set_seed(seed)
-        model, ref = self._load_lm(sft_dir), self._load_lm(sft_dir)
-        tracker = self._tracker(s.steps, sft)
-        trainer = ASRDPOTrainer(
-            model=model, ref_model=ref, args=args, train_dataset=dataset, processing_class=self.tokenizer,
-            callbacks=[EvalCallback(tracker), RichTrainerProgress(self.reporter, "DPO steps", tracker.last)],
-        )
-        _quiet_trainer(trainer).train()
-        logs = trainer.state.log_history
-        kept_c = _mean([h.get("asr/kept_token_fraction_chosen") for h in logs])
-        kept_r = _mean([h.get("asr/kept_token_fraction_rejected") for h in logs])
-        extra = {
-            "kept_token_fraction": 1.0 if spec.mask == "none" else _mean([kept_c, kept_r]),
-            "kept_token_fraction_chosen": 1.0 if spec.mask == "none" else kept_c,
-            "kept_token_fraction_rejected": 1.0 if spec.mask == "none" else kept_r,
-            "segments_per_response": _mean([h.get("asr/segments_per_response") for h in logs]),
-            "fallbacks_per_step": _mean([h.get("asr/fallbacks") for h in logs]),
-            "train_log": [{k: v for k, v in h.items() if isinstance(v, (int, float))} for h in logs],
-        }
-        shutil.rmtree(out / "trainer", ignore_errors=True)
-        model = trainer.model
-        del trainer
-        return tracker, model, extra
-
-    # ------------------------------------------------------------------ PPO family
-
-    def _run_ppo(self, seed, spec, out: Path, sft: dict):
-        from transformers import AutoModelForTokenClassification
-
-        from segrl.ppo import SegmentPPOConfig, SegmentPPOTrainer
-        from segrl.ppo.rewards import source_from_reward_model
-        from segrl.rm import SegmentRewardModel
-
-        s = self.ppo_settings
-        sft_dir = self.sft_dir(seed)
-        rm = SegmentRewardModel.from_pretrained(self.rm_dir(seed, spec.rm_arm))
-        source = source_from_reward_model(rm)
-        args = SegmentPPOConfig(
-            output_dir=str(out / "trainer"), num_iterations=s.iterations, rollout_batch_size=s.rollout_batch_size,
-            mini_batch_size=s.mini_batch_size, ppo_epochs=s.ppo_epochs, max_new_tokens=s.max_new_tokens,
-            temperature=s.temperature, learning_rate=s.learning_rate * spec.lr_scale,
-            critic_learning_rate=s.critic_learning_rate,
-            kl_coef=s.kl_coef, asr=spec.mask == "asr", asr_baseline=spec.baseline or self.dpo_settings.asr_baseline,
-            asr_delta=self.dpo_settings.asr_delta, use_cpu=True, seed=seed, logging_steps=1,
-        )
-        tracker = self._tracker(s.iterations, sft)
-        from transformers import set_seed
-
-        set_seed(seed)  # the critic's fresh head is drawn from the global RNG when it is loaded
-        policy, ref = self._load_lm(sft_dir), self._load_lm(sft_dir)
-        critic = AutoModelForTokenClassification.from_pretrained(sft_dir, num_labels=1, dtype=torch.float32)
-        prompts = train_prompts(s.n_prompts, 10_000 + seed)
-
-        class TrackedPPO(SegmentPPOTrainer):
-            # `_log` runs once per logged iteration: the only per-iteration hook the trainer offers.
-            def _log(self, metrics):
-                super()._log(metrics)
-                tracker.maybe(self.iteration, self.accelerator.unwrap_model(self.policy))
-
-        trainer = TrackedPPO(args, policy=policy, ref_model=ref, critic=critic, reward_source=source,
-                             tokenizer=self.tokenizer, prompts=prompts)
-        history = trainer.train()
-        model = trainer.accelerator.unwrap_model(trainer.policy)
-        extra = {
-            "kept_token_fraction": _mean([h["kept_token_fraction"] for h in history]),
-            "segments_per_response": _mean([h["segments_per_response"] for h in history]),
-            "train_log": history,
-        }
-        shutil.rmtree(out / "trainer", ignore_errors=True)
-        return tracker, model, extra
-
-    # ------------------------------------------------------------------ rejection sampling
-
-    def _rs_args(self, seed, spec, out: Path, mask: str):
-        from segrl.rs import ASRRejectionSamplingConfig
-
-        s = self.rs_settings
-        baseline = spec.baseline or self.dpo_settings.asr_baseline
-        return ASRRejectionSamplingConfig(
-            **_trainer_common(out, seed), num_candidates=s.num_candidates, max_new_tokens=self.ppo_settings.max_new_tokens,
-            temperature=s.temperature, reward_model=str(self.rm_dir(seed, spec.rm_arm)), mask_type=mask,
-            asr_baseline=baseline, asr_delta=self.dpo_settings.asr_delta,
-            max_steps=s.steps, per_device_train_batch_size=s.batch_size, learning_rate=s.learning_rate * spec.lr_scale,
-            lr_scheduler_type="constant_with_warmup", warmup_steps=5, generation_batch_size=64, reward_batch_size=64,
-            save_candidates=False, dataset_num_proc=None,
-        )
-
-    def rs_candidates(self, seed: int, spec) -> list[dict]:
-        """K sampled, RM-scored candidates per prompt, shared by plain and ASR rejection sampling."""
-        from segrl.rs import ASRRejectionSampler
-        from segrl.rs.sampler import load_candidates
-
-        path = self.seed_dir(seed) / f"rs_candidates_{spec.rm_arm}.jsonl"
-        s = self.rs_settings
-        # Only what the candidates depend on (not the fine-tuning options), so both RS variants and any
-        # fine-tuning sweep share them.
-        key = settings_key(self.rm_key(seed, spec.rm_arm), s.n_prompts, s.num_candidates, s.temperature,
-                           self.ppo_settings.max_new_tokens, seed)
-        meta = _read_json(path.with_suffix(".json"))
-        if meta is not None and meta.get("key") == key and path.is_file() and self._reuse(key):
-            records = load_candidates(path, self.tokenizer)
-            if all(r.get("token_rewards") is not None for r in records):
-                return records
-        prompts = train_prompts(s.n_prompts, 20_000 + seed)
-        sampler = ASRRejectionSampler(str(self.sft_dir(seed)), self._rs_args(seed, spec, path.parent / "rs_tmp", "asr"),
-                                      prompts=prompts)
-        t0 = time.perf_counter()
-        with self.reporter.bar(f"sampling {s.num_candidates} candidates / prompt and scoring", 2) as update:
-            records = sampler.generate()
-            update(1, f"{len(records)} prompts sampled")
-            records = sampler.score(records)
-            update(2, "scored")
-        _write_jsonl(path, [{k: r[k] for k in ("prompt", "candidates", "scores", "token_rewards", "prompt_ids",
-                                                "candidate_ids")} for r in records])
-        _write_json(path.with_suffix(".json"), {"key": key, "seconds": time.perf_counter() - t0})
-        self._fresh.add(key)
-        shutil.rmtree(path.parent / "rs_tmp", ignore_errors=True)
-        return records
-
-    def _run_rs(self, seed, spec, out: Path, sft: dict):
-        from transformers import set_seed
-        from trl import SFTTrainer
-
-        from segrl.rs import ASRRejectionSampler
-        from segrl.tasks import score_responses
-
-        s = self.rs_settings
-        records = self.rs_candidates(seed, spec)
-        if spec.rewards == "random":
-            records = [{**r, "token_rewards": _random_like(r["token_rewards"], random.Random(f"random-rs-{seed}-{i}"))}
-                       for i, r in enumerate(records)]
-        args = self._rs_args(seed, spec, out / "trainer", spec.mask)
-        set_seed(seed)
-        sampler = ASRRejectionSampler(str(self.sft_dir(seed)), args)
-        selected = sampler.select(records)
-        quality = score_responses(list(selected["prompt"]), list(selected["completion"]))
-        tracker = self._tracker(s.steps, sft)
-        # ASRRejectionSampler.train() takes no callbacks, so the fine-tuning it runs is reproduced here:
-        # TRL's SFTTrainer on the selected input_ids / labels (-100 outside the kept segments).
-        trainer = SFTTrainer(model=sampler.model, args=args,
-                             train_dataset=selected.select_columns(["input_ids", "labels"]),
-                             processing_class=self.tokenizer,
-                             callbacks=[EvalCallback(tracker), RichTrainerProgress(self.reporter, "RS fine-tuning steps",
-                                                                                   tracker.last)])
-        _quiet_trainer(trainer).train()
-        m = sampler.selection_metrics
-        extra = {
-            "kept_token_fraction": m.get("rs/kept_token_fraction"),
-            "segments_per_response": m.get("rs/segments_per_response"),
-            "selection": {k.removeprefix("rs/"): v for k, v in m.items()},
-            "selected_quality": quality,
-            "train_log": [{k: v for k, v in h.items() if isinstance(v, (int, float))}
-                          for h in trainer.state.log_history],
-        }
-        model = trainer.model
-        shutil.rmtree(out / "trainer", ignore_errors=True)
-        return tracker, model, extra

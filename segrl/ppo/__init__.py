@@ -2,10 +2,11 @@
 
 from .config import SegmentPPOConfig
 from .rewards import DenseRewards, SegmentRewardSource
-from .trainer import SegmentPPOTrainer, forward_logits, response_mask_from
+from .trainer import PPOCallback, SegmentPPOTrainer, forward_logits, response_mask_from
 
 __all__ = [
     "DenseRewards",
+    "PPOCallback",
     "SegmentPPOConfig",
     "SegmentPPOTrainer",
     "SegmentRewardSource",

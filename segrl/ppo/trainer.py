@@ -44,6 +44,17 @@ def response_mask_from(responses: torch.Tensor, eos_token_id: int) -> tuple[torc
     return ~after_eos, ~is_eos.any(dim=1)
 
 
+class PPOCallback:
+    """Hooks into :meth:`SegmentPPOTrainer.train` (subclass and override what you need).
+
+    ``on_iteration_end(trainer, metrics)`` runs after every rollout-and-update iteration, with
+    ``trainer.iteration`` already advanced and the iteration's metrics (logged or not).
+    """
+
+    def on_iteration_end(self, trainer: "SegmentPPOTrainer", metrics: dict[str, float]) -> None:
+        pass
+
+
 class SegmentPPOTrainer:
     """PPO over dense segment rewards: bandit / token / segment arms from one code path, optional ASR mask.
 
@@ -55,11 +66,13 @@ class SegmentPPOTrainer:
         reward_source: :class:`SegmentRewardSource` (per-position scorer + threshold + normaliser).
         tokenizer: shared by all models.
         prompts: prompt strings, or conversations (lists of messages) rendered with the chat template.
+        callbacks: :class:`PPOCallback` objects; each hook is called on every process.
     """
 
     def __init__(self, args: SegmentPPOConfig, *, policy, ref_model, critic, reward_source: SegmentRewardSource,
-                 tokenizer, prompts, accelerator: Accelerator | None = None):
+                 tokenizer, prompts, accelerator: Accelerator | None = None, callbacks=None):
         self.args = args
+        self.callbacks = list(callbacks or [])
         self.tokenizer = tokenizer
         if tokenizer.pad_token_id is None:
             raise ValueError("`tokenizer` has no pad token; set tokenizer.pad_token before training")
@@ -307,6 +320,8 @@ class SegmentPPOTrainer:
                 self.history.append(metrics)
                 if self.iteration % args.logging_steps == 0:
                     self._log(metrics)
+                for callback in self.callbacks:
+                    callback.on_iteration_end(self, metrics)
                 progress.update(task, advance=1, description=f"reward {metrics['reward']:+.3f} kl {metrics['kl']:.3f}")
                 if args.save_steps and self.iteration % args.save_steps == 0:
                     self.save_checkpoint()

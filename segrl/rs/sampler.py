@@ -440,18 +440,25 @@ class ASRRejectionSampler:
 
     # ------------------------------------------------------------------ training
 
-    def train(self, dataset=None):
+    def train(self, dataset=None, callbacks=None, *, print_logs: bool = True):
         """Fine-tune on the selected responses with TRL's `SFTTrainer` (labels carry the mask).
 
         `args.resume_from_checkpoint` resumes the fine-tuning (`"last"` / `"true"` picks the newest
-        checkpoint in `output_dir`). Returns the `TrainOutput`; the model is saved to `output_dir`.
+        checkpoint in `output_dir`). `callbacks` (transformers `TrainerCallback`s) go to the
+        trainer, which stays available as `self.trainer`; `print_logs=False` drops the log printer
+        transformers adds when `disable_tqdm=True`. Returns the `TrainOutput`; the model is saved to
+        `output_dir`.
         """
         if dataset is None:
             raise ValueError("train() needs the dataset returned by select()")
         self.trainer = _RejectionSamplingSFTTrainer(
             model=self.model, args=self.args, train_dataset=dataset.select_columns(["input_ids", "labels"]),
-            processing_class=self.tokenizer, selection_metrics=self.selection_metrics,
+            processing_class=self.tokenizer, selection_metrics=self.selection_metrics, callbacks=callbacks,
         )
+        if not print_logs:
+            from transformers.trainer_callback import PrinterCallback
+
+            self.trainer.remove_callback(PrinterCallback)
         output = self.trainer.train(resume_from_checkpoint=resolve_checkpoint(self.args))
         self.trainer.save_model(self.args.output_dir)
         return output
