@@ -95,3 +95,38 @@ def test_integer_mask_accepted():
 def test_threshold_inf_is_bandit():
     ids = ops.entropy_segment_ids(torch.zeros(1, 3), torch.ones(1, 3, dtype=torch.bool), math.inf)
     assert ids.tolist() == [[0, 0, 0]]
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        # a bool seq_sign cannot say -1: True/False must not pass as +1/0 (issue: seq_sign given as bool)
+        (lambda: ops.asr_mask(R, MASK, torch.tensor([True, True])), "seq_sign"),
+        (lambda: ops.keep_mask(R, MASK, [True, False]), "seq_sign"),
+        (lambda: ops.keep_mask(R, MASK, torch.tensor([True, True]), kind="none"), "seq_sign"),
+        (lambda: ops.keep_mask(R, MASK, SIGN, kind="segments"), "kind"),
+        (lambda: ops.keep_mask(None, MASK, SIGN), "rewards"),
+        (lambda: ops.keep_mask(R, MASK, SIGN, kind="stepwise"), "is_boundary"),
+        (lambda: ops.keep_mask(R, MASK, SIGN, delta="automatic"), "delta"),
+        (lambda: ops.keep_mask(R, MASK, SIGN, delta=-1.0), "delta"),
+        (lambda: ops.keep_mask(R, MASK, SIGN, delta="auto", delta_quantile=1.5), "delta_quantile"),
+        (lambda: ops.keep_mask(R, MASK, SIGN, delta="auto", delta_quantile=float("nan")), "delta_quantile"),
+        (lambda: ops.keep_mask(R, MASK, SIGN, neutral="maybe"), "neutral"),
+        (lambda: ops.keep_mask(R, MASK, SIGN, empty="half"), "empty"),
+        (lambda: ops.keep_mask(R, MASK, SIGN, baseline=torch.zeros(3)), "baseline"),
+        (lambda: ops.resolve_delta(R, MASK, "zero", "0.1"), "delta"),
+        (lambda: ops.resolve_delta(R, MASK, "zero", "auto", -0.1), "delta_quantile"),
+        (lambda: ops.resolve_delta(R, MASK, "median", "auto"), "baseline"),
+        (lambda: ops.asr_mask(R, MASK, SIGN, delta="auto", delta_quantile=2), "delta_quantile"),
+        (lambda: ops.sequence_sign(R, 0.0), "seq_rewards"),
+        (lambda: ops.sequence_sign(torch.tensor([1.0, float("nan")]), 0.0), "seq_rewards"),
+        (lambda: ops.sequence_sign(torch.tensor([1.0, 2.0]), torch.zeros(3)), "baseline"),
+        (lambda: ops.sequence_sign(torch.tensor([1.0, 2.0]), "mean"), "baseline"),
+        (lambda: ops.preference_sign(-1), "n_pairs"),
+        (lambda: ops.preference_sign(True), "n_pairs"),
+        (lambda: ops.position_bins(MASK, 0), "bins"),
+    ],
+)
+def test_new_api_bad_input_names_the_argument(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()

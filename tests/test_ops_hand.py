@@ -310,3 +310,127 @@ def test_float32_rewards_compare_exactly_against_a_float64_baseline():
     # in float64 the reward 0.3 is below 0.1 + 0.2: inside the band
     r64 = torch.tensor([[0.1, 0.2, 0.3]], dtype=torch.float64)
     assert ops.hysteresis_states(r64, m, 0.1, 0.2).tolist() == [[0, 0, 0]]
+
+
+# ---------------------------------------------------------------- signs, delta and the one keep mask
+
+
+def test_sequence_sign_ties_are_plus_one():
+    # R = [1, 2, 3, 2], batch mean b = 8 / 4 = 2: 1 < 2 -> -1; 2 == 2 -> +1 (tie); 3 > 2 -> +1.
+    seq = T([1.0, 2.0, 3.0, 2.0])
+    sign = ops.sequence_sign(seq, seq.mean())
+    assert sign.tolist() == [-1, 1, 1, 1] and sign.dtype == torch.long
+    # per-row (group) baselines: [0, 2, 5, 2] -> 1 >= 0, 2 >= 2, 3 < 5, 2 >= 2
+    assert ops.sequence_sign(seq, T([0.0, 2.0, 5.0, 2.0])).tolist() == [1, 1, -1, 1]
+    assert ops.sequence_sign(seq, 2.5).tolist() == [-1, -1, 1, -1]
+
+
+def test_preference_sign_chosen_rows_first():
+    assert ops.preference_sign(3).tolist() == [1, 1, 1, -1, -1, -1]
+    assert ops.preference_sign(0).tolist() == []
+    assert ops.preference_sign(1).dtype == torch.long
+
+
+def test_resolve_delta_auto_hand_values():
+    r = T([[1.0, 3.0, 6.0, 99.0], [2.0, 2.0, 99.0, 99.0]])
+    m = M([[1, 1, 1, 0], [1, 1, 0, 0]])
+    # batch mean over the 5 valid tokens: (1 + 3 + 6 + 2 + 2) / 5 = 14 / 5 = 2.8
+    # |r - b| = [1.8, 0.2, 3.2, 0.8, 0.8] -> sorted [0.2, 0.8, 0.8, 1.8, 3.2]
+    # q = 0.3: rank 0.3 * 4 = 1.2 -> 0.8 + 0.2 * (0.8 - 0.8) = 0.8
+    assert ops.resolve_delta(r, m, "batch_mean", "auto", 0.3) == pytest.approx(0.8)
+    # q = 0.5: rank 2 -> 0.8; q = 0.9: rank 3.6 -> 1.8 + 0.6 * (3.2 - 1.8) = 2.64; q = 0 / 1: min / max
+    assert ops.resolve_delta(r, m, "batch_mean", "auto", 0.9) == pytest.approx(2.64)
+    assert ops.resolve_delta(r, m, "batch_mean", "auto", 0.0) == pytest.approx(0.2)
+    assert ops.resolve_delta(r, m, "batch_mean", "auto", 1.0) == pytest.approx(3.2)
+    # sequence means 10/3 and 2: |r - b| = [7/3, 1/3, 8/3, 0, 0] -> sorted [0, 0, 1/3, 7/3, 8/3]
+    # q = 0.5: rank 2 -> 1/3; q = 0.3: rank 1.2 -> 0 + 0.2 * (1/3 - 0) = 1/15
+    assert ops.resolve_delta(r, m, "sequence_mean", "auto", 0.5) == pytest.approx(1 / 3)
+    assert ops.resolve_delta(r, m, "sequence_mean", "auto", 0.3) == pytest.approx(1 / 15)
+    # a resolved (B,) baseline works the same: b = [1, 2] -> [0, 2, 5, 0, 0] -> q = 0.5 -> 0
+    assert ops.resolve_delta(r, m, T([1.0, 2.0], dtype=torch.float64), "auto", 0.5) == 0.0
+    # a float delta is returned unchanged; no valid token gives 0
+    assert ops.resolve_delta(r, m, "batch_mean", 0.25) == 0.25
+    assert ops.resolve_delta(r, M([[0, 0, 0, 0], [0, 0, 0, 0]]), "batch_mean", "auto") == 0.0
+
+
+def test_resolve_delta_beyond_torch_quantile_limit_matches_sorting():
+    # torch.quantile refuses > 2**24 values; the kthvalue form must equal the sorted-array definition.
+    from segrl.ops.asr import _kth_quantile
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1001, generator=g, dtype=torch.float64)
+    for q in (0.0, 0.3, 0.5, 0.77, 1.0):
+        assert float(_kth_quantile(x, q)) == float(torch.quantile(x, q))
+    big = torch.rand(1, (1 << 24) + 5, generator=g)
+    m = torch.ones_like(big, dtype=torch.bool)
+    got = ops.resolve_delta(big, m, "zero", "auto", 0.3)
+    s = big.double().flatten().sort().values
+    rank = 0.3 * (s.numel() - 1)
+    lo = int(rank)
+    assert got == pytest.approx(float(s[lo] + (rank - lo) * (s[lo + 1] - s[lo])), abs=1e-12)
+
+
+def test_keep_mask_kinds_hand_values():
+    # one chosen row, b = 0: rewards [1, -1, 0.2, -0.3]; boundaries after t1 -> steps {t0, t1}, {t2, t3}
+    r = T([[1.0, -1.0, 0.2, -0.3]])
+    m = M([[1, 1, 1, 1]])
+    plus = torch.tensor([1])
+    boundary = M([[0, 1, 0, 0]])
+    # asr, delta 0.5: t0 1 > 0.5 -> +; t1 -1 < -0.5 -> -; t2, t3 in band -> inherit - ; keep only t0
+    res = ops.keep_mask(r, m, plus, baseline="zero", delta=0.5)
+    assert res.states.tolist() == [[1, -1, -1, -1]]
+    assert res.segment_ids.tolist() == [[0, 1, 1, 1]]
+    assert res.keep.tolist() == [[True, False, False, False]]
+    assert res.delta == 0.5 and res.fallback.tolist() == [False]
+    # tokenwise: signs [+, -, +, -] -> keep t0, t2; no segments
+    res = ops.keep_mask(r, m, plus, kind="tokenwise", baseline="zero")
+    assert res.keep.tolist() == [[True, False, True, False]] and res.segment_ids is None
+    assert res.states.tolist() == [[1, -1, 1, -1]] and res.delta == 0.0
+    # stepwise: step means 0 and -0.05; with b = -0.1 both are > b -> everything kept
+    res = ops.keep_mask(r, m, plus, kind="stepwise", baseline=-0.1, is_boundary=boundary)
+    assert res.keep.tolist() == [[True] * 4] and res.segment_ids.tolist() == [[0, 0, 1, 1]]
+    # with b = -0.02: step 0 mean 0 > b (+), step 1 mean -0.05 < b (-)
+    res = ops.keep_mask(r, m, plus, kind="stepwise", baseline=-0.02, is_boundary=boundary)
+    assert res.keep.tolist() == [[True, True, False, False]]
+    # none: everything, one segment, no rewards needed
+    res = ops.keep_mask(None, m, plus, kind="none")
+    assert res.keep.tolist() == [[True] * 4] and res.segment_ids.tolist() == [[0, 0, 0, 0]] and res.states is None
+    # b = 5: no token above -> empty -> falls back to the full row (fallback flagged), or stays empty
+    res = ops.keep_mask(r, m, plus, kind="tokenwise", baseline=5.0)
+    assert res.keep.tolist() == [[True] * 4] and res.fallback.tolist() == [True]
+    res = ops.keep_mask(r, m, plus, kind="tokenwise", baseline=5.0, empty="none")
+    assert res.keep.tolist() == [[False] * 4] and res.fallback.tolist() == [True]
+
+
+def test_keep_mask_auto_delta_and_counts():
+    r = T([[3.0, 2.5, 1.0, 2.2, 3.5], [0.0, 1.0, 2.0, 0.0, 0.0]])
+    m = M([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    # b = 1.9 (see above); |r - b| = [1.1, 0.6, 0.9, 0.3, 1.6, 1.9, 0.9, 0.1]
+    # sorted [0.1, 0.3, 0.6, 0.9, 0.9, 1.1, 1.6, 1.9]; q = 0.3: rank 2.1 -> 0.6 + 0.1 * 0.3 = 0.63
+    res = ops.keep_mask(r, m, torch.tensor([1, -1]), delta="auto", delta_quantile=0.3)
+    assert res.delta == pytest.approx(0.63)
+    # band [1.27, 2.53]: row 0: 3 +, 2.5 +, 1.0 -, 2.2 -, 3.5 +; row 1: 0 -, 1 -, 2 -
+    assert res.states.tolist() == [[1, 1, -1, -1, 1], [-1, -1, -1, 0, 0]]
+    assert res.keep.tolist() == [[True, True, False, False, True], [True, True, True, False, False]]
+    # counts: kept 6, tokens 8, segments 3 + 1, tokens in segments 8, fallbacks 0, rows 2, baseline sum 3.8
+    assert res.counts(m).tolist() == pytest.approx([6, 8, 4, 8, 0, 2, 3.8])
+    assert res.counts(m).dtype == torch.float64
+    assert torch.equal(ops.asr_mask(r, m, torch.tensor([1, -1]), delta="auto"), res.keep)
+
+
+def test_default_asr_mask_differs_from_tokenwise_on_noisy_rewards():
+    # The trainers' defaults (sequence_mean, delta auto q = 0.3) use the hysteresis; delta 0 would
+    # make ASR the token-wise mask on tie-free rewards. Noise around a chosen row's mean flips the
+    # token-wise sign at random, while the band holds the state through small wiggles.
+    g = torch.Generator().manual_seed(0)
+    r = torch.randn(8, 40, generator=g)
+    m = torch.ones(8, 40, dtype=torch.bool)
+    sign = ops.preference_sign(4)
+    default = ops.keep_mask(r, m, sign, baseline="sequence_mean", delta="auto", delta_quantile=0.3)
+    tokenwise = ops.keep_mask(r, m, sign, kind="tokenwise", baseline="sequence_mean")
+    assert default.delta > 0
+    differ = (default.keep != tokenwise.keep).float().mean().item()
+    assert differ > 0.05
+    # and delta = 0 really is the token-wise mask here (no ties in Gaussian noise)
+    zero = ops.keep_mask(r, m, sign, baseline="sequence_mean", delta=0.0)
+    assert torch.equal(zero.keep, tokenwise.keep)

@@ -780,3 +780,96 @@ def test_cuda_matches_cpu(batch, data, threshold, mode):
     coef = {"a_mu": 0.3, "b_mu": -0.2, "a_sigma": -0.1, "b_sigma": 0.8}
     assert_close(ops.location_normalize(sv, ok, coef), ops.location_normalize(csv, cok, coef), "location_normalize on cuda")
     assert_close(ops.spread_segment_rewards(sv, ids, mode=mode), ops.spread_segment_rewards(csv, ids.cpu(), mode=mode), "spread on cuda")
+
+
+# --------------------------------------------------------------------------------------------
+# resolve_delta, keep_mask, sequence_sign (the one ASR entry point)
+# --------------------------------------------------------------------------------------------
+
+
+def loop_quantile_delta(rewards, mask, baseline, q):
+    """``delta="auto"`` by plain loops: sort |r - b| over valid tokens, linear interpolation at q * (n - 1)."""
+    b = ref.resolve_baseline(rewards, mask, baseline).tolist()
+    devs = sorted(abs(float(rewards[i, t]) - b[i]) for i in range(rewards.shape[0])
+                  for t in range(rewards.shape[1]) if bool(mask[i, t]))
+    if not devs:
+        return 0.0
+    rank = q * (len(devs) - 1)
+    lo = math.floor(rank)
+    hi = min(lo + 1, len(devs) - 1)
+    return devs[lo] + (rank - lo) * (devs[hi] - devs[lo])
+
+
+@PROPS
+@given(batch=reward_batches(), baseline=st.sampled_from(BASELINES),
+       q=st.one_of(st.sampled_from([0.0, 0.3, 0.5, 1.0]), st.floats(0.0, 1.0)))
+def test_resolve_delta_matches_loop(batch, baseline, q):
+    rewards, mask = batch
+    got = call(ops.resolve_delta, rewards, mask, baseline, "auto", q)
+    assert isinstance(got, float) and got >= 0.0
+    assert got == pytest.approx(loop_quantile_delta(rewards, mask, baseline, q), rel=1e-9, abs=1e-12)
+
+
+@PROPS
+@given(
+    batch=reward_batches(),
+    data=st.data(),
+    baseline=st.sampled_from(BASELINES),
+    delta=st.sampled_from(DELTAS + ["auto"]),
+    neutral=st.sampled_from(["drop", "keep"]),
+    empty=st.sampled_from(["full", "none"]),
+)
+def test_keep_mask_asr_matches_reference(batch, data, baseline, delta, neutral, empty):
+    rewards, mask = batch
+    sign = data.draw(seq_signs(rewards.shape[0]), label="seq_sign")
+    res = call(ops.keep_mask, rewards, mask, sign, baseline=baseline, delta=delta, neutral=neutral, empty=empty)
+    d = ops.resolve_delta(rewards, mask, baseline, delta)
+    assert res.delta == d
+    assert_same_long(res.states, ref.hysteresis_states(rewards, mask, ref.resolve_baseline(rewards, mask, baseline), d),
+                     "keep_mask states")
+    assert_same_long(res.segment_ids, ref.segment_ids_from_states(res.states, mask), "keep_mask segment_ids")
+    want = ref.asr_mask(rewards, mask, sign, baseline=baseline, delta=d, neutral=neutral, empty=empty)
+    assert_same_bool(res.keep, want, "keep_mask(asr)")
+    strict = ref.asr_mask(rewards, mask, sign, baseline=baseline, delta=d, neutral=neutral, empty="none")
+    assert res.fallback.tolist() == [bool(mask[i].any()) and not bool(strict[i].any()) for i in range(len(mask))]
+    assert_same_bool(call(ops.asr_mask, rewards, mask, sign, baseline=baseline, delta=delta, neutral=neutral,
+                          empty=empty), want, "asr_mask")
+
+
+@PROPS
+@given(batch=reward_batches(), data=st.data(), baseline=st.sampled_from(BASELINES),
+       kind=st.sampled_from(["tokenwise", "stepwise", "none"]), empty=st.sampled_from(["full", "none"]))
+def test_keep_mask_other_kinds_match_reference(batch, data, baseline, kind, empty):
+    rewards, mask = batch
+    B, T = rewards.shape
+    sign = data.draw(seq_signs(B), label="seq_sign")
+    flags = data.draw(st.lists(st.booleans(), min_size=B * T, max_size=B * T), label="is_boundary")
+    is_boundary = torch.tensor(flags, dtype=torch.bool).reshape(B, T)
+    res = call(ops.keep_mask, rewards, mask, sign, kind=kind, baseline=baseline, empty=empty, is_boundary=is_boundary)
+    if kind == "tokenwise":
+        want = ref.tokenwise_mask(rewards, mask, sign, baseline=baseline, empty=empty)
+        strict = ref.tokenwise_mask(rewards, mask, sign, baseline=baseline, empty="none")
+        assert res.segment_ids is None
+    elif kind == "stepwise":
+        want = ref.stepwise_mask(rewards, mask, is_boundary, sign, baseline=baseline, empty=empty)
+        strict = ref.stepwise_mask(rewards, mask, is_boundary, sign, baseline=baseline, empty="none")
+        assert_same_long(res.segment_ids, ref.step_segment_ids(is_boundary, mask), "stepwise segment_ids")
+    else:
+        want = strict = mask
+    assert_same_bool(res.keep, want, f"keep_mask({kind})")
+    assert res.fallback.tolist() == [bool(mask[i].any()) and not bool(strict[i].any()) for i in range(B)]
+
+
+@PROPS
+@given(values=st.lists(st.integers(-3, 3).map(float), min_size=0, max_size=9), data=st.data())
+def test_sequence_sign_matches_loop(values, data):
+    seq = torch.tensor(values, dtype=torch.float32)
+    per_row = data.draw(st.booleans(), label="per_row")
+    if per_row:
+        base = torch.tensor(data.draw(st.lists(st.integers(-3, 3).map(float), min_size=len(values),
+                                               max_size=len(values))), dtype=torch.float64)
+        want = [1 if v >= float(b) else -1 for v, b in zip(values, base)]
+    else:
+        base = sum(values) / len(values) if values else 0.0
+        want = [1 if v >= base else -1 for v in values]
+    assert call(ops.sequence_sign, seq, base).tolist() == want

@@ -5,14 +5,24 @@ for real response tokens; segments are ``segment_ids`` with ``-1`` outside every
 """
 
 from .asr import (
+    BASELINE_MODES,
+    MASK_KINDS,
+    POSITION_BINS,
     ASRResult,
+    KeepMaskResult,
     asr_mask,
     asr_segments,
     hysteresis_states,
+    keep_mask,
     parse_baseline,
+    position_bins,
+    position_mean_baseline,
+    preference_sign,
     resolve_baseline,
+    resolve_delta,
     segment_ids_from_states,
     segment_means,
+    sequence_sign,
     step_segment_ids,
     stepwise_mask,
     tokenwise_mask,
@@ -34,7 +44,17 @@ from .segments import (
 )
 
 __all__ = [
+    "BASELINE_MODES",
+    "MASK_KINDS",
+    "POSITION_BINS",
     "ASRResult",
+    "KeepMaskResult",
+    "keep_mask",
+    "position_bins",
+    "position_mean_baseline",
+    "preference_sign",
+    "resolve_delta",
+    "sequence_sign",
     "LocationBuckets",
     "LocationNormalizerCoef",
     "asr_mask",

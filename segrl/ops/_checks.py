@@ -74,6 +74,9 @@ def check_real(value, name: str, *, minimum: float | None = None, allow_inf: boo
 def seq_sign_tensor(seq_sign, batch: int, device: torch.device) -> torch.Tensor:
     """Validate ``seq_sign`` (B,) of -1 / +1 and return it as a long tensor on ``device``."""
     sign = torch.as_tensor(seq_sign, device=device)
+    if sign.dtype == torch.bool:
+        raise ValueError("`seq_sign` must hold -1 / +1 as integers or floats, got a bool tensor (True/False cannot "
+                         "express -1)")
     if sign.dim() != 1 or sign.shape[0] != batch:
         raise ValueError(f"`seq_sign` must have shape ({batch},), got shape {tuple(sign.shape)}")
     if not bool(((sign == 1) | (sign == -1)).all()):
