@@ -1,11 +1,8 @@
 """How well a token-reward source assigns credit, measured against the task's oracle.
 
 The oracle (:func:`segrl.tasks.oracle_token_rewards`) labels the result digits of every step and of
-the answer +1 (correct) or -1 (wrong). A learned source assigns credit well when its token reward is
-higher on correct result digits than on wrong ones: the ROC AUC of "reward predicts correct",
-pooled over chosen and rejected responses, within chosen and within rejected responses, and within
-each response (rewards centred on the response's mean: a sequence-level signal alone gives 0.5 there,
-and it is what a sequence-mean ASR baseline relies on).
+the answer +1 (correct) or -1 (wrong). The metrics themselves live in :mod:`segrl.credit`
+(docs/method.md#token-credit); this module applies them to the pipeline's preference rows.
 """
 
 from __future__ import annotations
@@ -16,41 +13,28 @@ __all__ = ["credit_auc", "segment_rm_credit"]
 
 
 def credit_auc(rewards_by_side: dict[str, list[list[float]]], oracle_by_side: dict[str, list[list[float]]]) -> dict:
-    """AUCs of token rewards against oracle signs (only oracle-labelled tokens count).
+    """Token-credit metrics (:func:`segrl.credit.credit_metrics`) of per-response reward lists.
 
-    Both arguments map ``"chosen"`` / ``"rejected"`` to one list per response (same lengths).
-    Returns ``auc`` (pooled), ``auc_chosen``, ``auc_rejected`` (``None`` when a side has one class only),
-    ``auc_within_response`` (rewards centred on their response's mean, pooled) and the token counts.
-    The side AUCs still compare tokens *across* responses, so a response-level score alone lifts
-    them above 0.5; ``auc_within_response`` does not.
+    Both arguments map ``"chosen"`` / ``"rejected"`` to one list per response (same lengths); the
+    oracle values' signs are the labels (0 unlabelled). Returns ``auc`` (pooled), ``auc_chosen``,
+    ``auc_rejected`` (``None`` when a side has one class only), ``auc_within_response`` (rewards
+    centred on their response's mean, pooled), the per-side within-response AUCs, the first-error
+    localisation numbers and the token counts. The side AUCs still compare tokens *across*
+    responses, so a response-level score alone lifts them above 0.5; ``auc_within_response`` does not.
     """
-    from sklearn.metrics import roc_auc_score
+    from segrl.credit import credit_metrics, labels_from_values, pad_lists
 
-    def auc(y, s):
-        return float(roc_auc_score(y, s)) if 0 < sum(y) < len(y) else None
-
-    out, pooled_y, pooled_s, centred_y, centred_s = {}, [], [], [], []
-    for side in ("chosen", "rejected"):
-        y, s = [], []
-        for rewards, oracle in zip(rewards_by_side[side], oracle_by_side[side]):
-            if len(rewards) != len(oracle):
-                raise ValueError(f"{side}: a response has {len(rewards)} rewards but {len(oracle)} oracle labels")
-            mean = sum(rewards) / max(1, len(rewards))
-            for r, o in zip(rewards, oracle):
-                if o != 0:
-                    y.append(int(o > 0))
-                    s.append(float(r))
-                    centred_y.append(int(o > 0))
-                    centred_s.append(float(r) - mean)
-        out[f"auc_{side}"] = auc(y, s)
-        out[f"n_{side}_correct"], out[f"n_{side}_wrong"] = sum(y), len(y) - sum(y)
-        pooled_y += y
-        pooled_s += s
-    out["auc"] = auc(pooled_y, pooled_s)
-    # Rewards minus their response's mean: only the within-response ranking counts (what a
-    # sequence-mean ASR baseline sees; a bandit RM's constant token rewards score 0.5 here).
-    out["auc_within_response"] = auc(centred_y, centred_s)
-    return out
+    rewards, labels, side = [], [], []
+    for name, sign in (("chosen", 1), ("rejected", -1)):
+        for i, (r, o) in enumerate(zip(rewards_by_side[name], oracle_by_side[name])):
+            if len(r) != len(o):
+                raise ValueError(f"{name}: a response has {len(r)} rewards but {len(o)} oracle labels")
+            rewards.append(r)
+            labels.append(labels_from_values(o, len(o), ends_with_eos=False, column=f"{name}_token_rewards", row=i))
+            side.append(sign)
+    values, mask = pad_lists(rewards)
+    lab, _ = pad_lists(labels, dtype=torch.long)
+    return credit_metrics(values, lab, mask, side=torch.tensor(side))
 
 
 @torch.no_grad()
