@@ -9,7 +9,7 @@ import random
 
 import pytest
 import torch
-from rm_fixtures import rm_env, tiny_rows  # noqa: F401
+from rm_fixtures import rm_env  # noqa: F401
 
 from segrl.credit import (
     centered_rewards,
@@ -304,7 +304,8 @@ def test_eval_rm_credit_on_trl_steps_and_other_sources(rm_env, tiny_rm_dir, tmp_
     # the implicit DPO reward of a policy / reference pair
     out = tmp_path / "implicit.json"
     assert main(["eval-rm", "--token_reward_source", "implicit", "--implicit_policy", rm_env.init_dir,
-                 "--implicit_ref", rm_env.ref_dir, "--dataset", data, "--output_json", str(out), "--device", "cpu"]) == 0
+                 "--implicit_ref", rm_env.ref_dir, "--dataset", data, "--output_json", str(out),
+                 "--device", "cpu"]) == 0
     credit = json.loads(out.read_text())["credit"]
     assert credit["source"] == "ImplicitTokenRewards" and credit["n_responses"] == 16
     assert 0.0 <= credit["auc_within_response"] <= 1.0

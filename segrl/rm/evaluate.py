@@ -179,7 +179,8 @@ def _is_ternary(rows, columns) -> bool:
     return True
 
 
-def detect_label_format(column_names: Sequence[str], head_rows: Sequence[dict] = ()) -> tuple[str, tuple[str, ...]] | None:
+def detect_label_format(column_names: Sequence[str],
+                        head_rows: Sequence[dict] = ()) -> tuple[str, tuple[str, ...]] | None:
     """``(label_format, label_columns)`` of a dataset, or ``None`` when it carries no token labels.
 
     Pairs (``chosen`` / ``rejected``): ``*_token_labels`` columns, then ``*_label_spans``, then the
