@@ -83,9 +83,10 @@ def iter_scored_pairs(rm: SegmentRewardModel, tokenized, *, batch_size: int = 8,
 
 
 def _rows(seg: SegmentedResponses, rows: slice) -> SegmentedResponses:
-    return SegmentedResponses(*(getattr(seg, f)[rows] for f in
-                                ("values", "entropy", "mask", "segment_ids", "seg_rewards", "seg_valid", "scores",
-                                 "start_values")))
+    from dataclasses import fields
+
+    return SegmentedResponses(**{f.name: (None if getattr(seg, f.name) is None else getattr(seg, f.name)[rows])
+                                 for f in fields(seg) if f.init})
 
 
 def evaluate_pairwise(rm: SegmentRewardModel, dataset, *, batch_size: int = 8, max_pairs: int | None = None,
