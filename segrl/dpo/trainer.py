@@ -31,6 +31,7 @@ from trl.models import prepare_deepspeed
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import get_config_model_id, use_adapter
 
+from segrl._trl_compat import check_trl_compat
 from segrl._distributed import global_baseline
 from segrl.dpo.collator import PER_TOKEN_COLUMNS, DataCollatorForASRPreference
 from segrl.dpo.config import ASRDPOConfig
@@ -44,6 +45,9 @@ from segrl.token_rewards import (
     boundary_token_table,
     compute_keep_mask,
 )
+
+check_trl_compat("dpo")  # fail at import if TRL changed what this module overrides or calls
+
 
 __all__ = ["ASRDPOTrainer"]
 

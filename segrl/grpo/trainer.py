@@ -19,10 +19,14 @@ from dataclasses import dataclass, field
 import torch
 from trl import GRPOConfig, GRPOTrainer
 
+from segrl._trl_compat import check_trl_compat
 from segrl import ops
 from segrl._distributed import global_baseline
 from segrl.ops import parse_baseline
 from segrl.ppo.trainer import response_mask_from
+
+
+check_trl_compat("grpo")  # fail at import if TRL changed what this module overrides or calls
 
 
 @dataclass

@@ -19,11 +19,15 @@ from accelerate.utils import set_seed
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from trl.trainer.utils import disable_dropout_in_model, entropy_from_logits, selective_log_softmax
 
+from segrl._trl_compat import check_trl_compat
 from segrl import ops
 from segrl._distributed import global_baseline
 
 from .config import SegmentPPOConfig
 from .rewards import SegmentRewardSource
+
+
+check_trl_compat("ppo")  # fail at import if TRL changed what this module overrides or calls
 
 
 def forward_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

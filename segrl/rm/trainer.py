@@ -27,6 +27,7 @@ from trl import RewardConfig, RewardTrainer
 from trl.trainer.reward_trainer import DataCollatorForPreference
 from trl.trainer.utils import pad
 
+from segrl._trl_compat import check_trl_compat
 from segrl.rm.data import tokenize_preference_dataset
 from segrl.rm.entropy import add_entropy_columns, check_reference_vocab, load_reference_model
 from segrl.rm.model import (
@@ -38,6 +39,9 @@ from segrl.rm.model import (
     parse_threshold,
 )
 from segrl.rm.scoring import gather_response_values, segment_sequence_scores
+
+check_trl_compat("rm")  # fail at import if TRL changed what this module overrides or calls
+
 
 __all__ = ["DataCollatorForSegmentPreference", "SegmentRewardConfig", "SegmentRewardTrainer"]
 

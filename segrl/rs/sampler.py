@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from trl import SFTTrainer
 
+from segrl._trl_compat import check_trl_compat
 from segrl.rs.config import ASRRejectionSamplingConfig
 from segrl.token_rewards import (
     SegmentRMTokenRewards,
@@ -32,6 +33,9 @@ from segrl.token_rewards import (
     boundary_token_table,
     compute_keep_mask,
 )
+
+check_trl_compat("rs")  # fail at import if TRL changed what this module overrides or calls
+
 
 __all__ = ["ASRRejectionSampler", "load_candidates"]
 
