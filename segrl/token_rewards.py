@@ -17,8 +17,8 @@ completion* (so ``len == len(chosen_ids)``, EOS included):
 
 - ``"columns"``: precomputed lists in the dataset (``chosen_token_rewards`` / ``rejected_token_rewards``),
   checked and aligned by :func:`align_token_rewards`;
-- ``"segment_rm"``: a segment reward model's spread per-token rewards (:class:`SegmentRMTokenRewards`,
-  ``segrl.rm.SegmentRewardModel.score_token_ids`` run on TRL's own ids);
+- ``"segment_rm"``: a segment reward model's spread per-token rewards, from the one segment-RM
+  source :class:`segrl.rewards.SegmentRMRewards` run on TRL's own ids;
 - ``"implicit"``: the DPO implicit reward ``beta * (log pi - log pi_ref)`` of a given model pair
   (:class:`ImplicitTokenRewards`).
 
@@ -46,14 +46,12 @@ from segrl.ops import (
 )
 
 __all__ = [
-    "BASELINE_NAMES",
     "DEFAULT_BOUNDARY_CHARS",
     "MASK_TYPES",
     "TOKEN_REWARD_SOURCES",
     "ImplicitTokenRewards",
     "KeepMask",
     "MaskOptions",
-    "SegmentRMTokenRewards",
     "add_token_reward_columns",
     "align_token_rewards",
     "boundary_token_table",
@@ -64,7 +62,6 @@ __all__ = [
 
 MASK_TYPES = ("asr", "tokenwise", "stepwise", "none")
 TOKEN_REWARD_SOURCES = ("columns", "segment_rm", "implicit")
-BASELINE_NAMES = ("batch_mean", "sequence_mean", "zero")
 #: A token whose decoded text contains any of these ends a step (step-wise segmentation).
 DEFAULT_BOUNDARY_CHARS = ".!?;:\n"
 
@@ -296,56 +293,6 @@ def _cache_key(*parts) -> str:
         else:
             return uuid.uuid4().hex
     return repr(out)
-
-
-class SegmentRMTokenRewards:
-    """Token rewards from a segment reward model (SPEC §2), computed on the policy's token ids.
-
-    Args:
-        model: a ``segrl.rm.SegmentRewardModel`` (or anything with ``score_token_ids`` and a
-            ``tokenizer``), or the path of a saved one (loaded with ``SegmentRewardModel.from_pretrained``).
-        policy_tokenizer: the policy's tokenizer; a different vocabulary raises ``ValueError``.
-        mode: how a segment reward is spread over its tokens (``"even"``, ``"end"``, ``"repeat"``).
-        normalize: apply the RM's location-aware normaliser.
-        batch_size: rows per RM forward pass.
-        device: where to load an RM given by path (default: CPU); a loaded RM stays where it is.
-    """
-
-    def __init__(self, model, *, policy_tokenizer=None, mode: str = "even", normalize: bool = True,
-                 batch_size: int = 8, device=None):
-        self._key = _cache_key("segment_rm", model if isinstance(model, (str, os.PathLike)) else object(), mode,
-                               normalize)
-        if isinstance(model, (str, os.PathLike)):
-            from segrl.rm.model import SegmentRewardModel  # lazy: the RM stack is only needed for this source
-
-            model = SegmentRewardModel.from_pretrained(os.fspath(model), device=device)
-        if not callable(getattr(model, "score_token_ids", None)):
-            raise ValueError(
-                f"`token_reward_model` must be a SegmentRewardModel (with `score_token_ids`) or its path, got "
-                f"{type(model).__name__}"
-            )
-        if policy_tokenizer is not None:
-            check_same_tokenizer(getattr(model, "tokenizer", None), policy_tokenizer, "token_reward_model")
-        self.model = model
-        self.mode, self.normalize, self.batch_size = mode, normalize, batch_size
-
-    def cache_key(self) -> str:
-        return self._key
-
-    def score(self, prompt_ids: Sequence[Sequence[int]], completion_ids: Sequence[Sequence[int]]):
-        """Token rewards as tensors: ``(rewards (N, T) float32, mask (N, T) bool)``, ``T`` the longest completion."""
-        rewards, mask = self.model.score_token_ids(
-            [list(p) for p in prompt_ids], [list(c) for c in completion_ids],
-            mode=self.mode, normalize=self.normalize, batch_size=self.batch_size,
-        )
-        lengths = torch.tensor([len(c) for c in completion_ids])
-        if mask.shape[0] != len(completion_ids) or not torch.equal(mask.sum(dim=1).cpu(), lengths):
-            raise ValueError("`token_reward_model.score_token_ids` must score every completion token of every row")
-        return rewards.float(), mask.bool()
-
-    def __call__(self, prompt_ids, completion_ids) -> list[list[float]]:
-        rewards, _ = self.score(prompt_ids, completion_ids)
-        return [rewards[i, : len(c)].tolist() for i, c in enumerate(completion_ids)]
 
 
 class ImplicitTokenRewards:

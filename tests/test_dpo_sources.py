@@ -124,7 +124,8 @@ class StandInRM:
         self.tokenizer = tokenizer
         self.calls = 0
 
-    def score_token_ids(self, prompt_ids, response_ids, *, mode="even", normalize=True, batch_size=8):
+    def score_token_ids(self, prompt_ids, response_ids, *, mode="even", normalize=True, reward_form="value",
+                        batch_size=8):
         self.calls += 1
         width = max(map(len, response_ids))
         rewards = torch.zeros(len(response_ids), width)

@@ -26,7 +26,8 @@ class StandInRM:
     def _rewards(self, ids):
         return [float(t % 5 - 2) for t in ids]
 
-    def score_token_ids(self, prompt_ids, response_ids, *, mode="even", normalize=True, batch_size=8):
+    def score_token_ids(self, prompt_ids, response_ids, *, mode="even", normalize=True, reward_form="value",
+                        batch_size=8):
         width = max(map(len, response_ids))
         rewards = torch.zeros(len(response_ids), width)
         mask = torch.zeros(len(response_ids), width, dtype=torch.bool)

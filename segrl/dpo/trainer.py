@@ -36,10 +36,10 @@ from segrl._distributed import global_baseline
 from segrl.dpo.collator import PER_TOKEN_COLUMNS, DataCollatorForASRPreference
 from segrl.dpo.config import ASRDPOConfig
 from segrl.dpo.layout import from_input_layout, from_logp_layout, response_span, to_input_layout
+from segrl.rewards.segment_rm import SegmentRMRewards
 from segrl.token_rewards import (
     ImplicitTokenRewards,
     KeepMask,
-    SegmentRMTokenRewards,
     add_token_reward_columns,
     align_token_rewards,
     boundary_token_table,
@@ -161,7 +161,7 @@ class ASRDPOTrainer(DPOTrainer):
             if model is None:
                 raise ValueError("token_reward_source='segment_rm' needs `token_reward_model` (a path in the config, "
                                  "or a SegmentRewardModel passed to the trainer)")
-            self._reward_source = SegmentRMTokenRewards(
+            self._reward_source = SegmentRMRewards(
                 model, policy_tokenizer=self._tokenizer, mode=args.token_reward_mode,
                 normalize=args.token_reward_normalize, batch_size=args.token_reward_batch_size, device=args.device,
             )
@@ -383,7 +383,7 @@ class ASRDPOTrainer(DPOTrainer):
         ids, starts, lengths = input_ids.tolist(), span.start.tolist(), span.length.tolist()
         prompts = [row[:s] for row, s in zip(ids, starts)]
         completions = [row[s:s + n] for row, s, n in zip(ids, starts, lengths)]
-        rewards, _ = source.score(prompts, completions)
+        rewards, _ = source.token_rewards(prompts, completions)
         out = torch.zeros(span.mask.shape, dtype=torch.float32)
         out[:, : rewards.shape[1]] = rewards[:, : span.width]
         return out.to(input_ids.device)

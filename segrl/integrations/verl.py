@@ -9,10 +9,10 @@ environment, see ``scripts/make_verl_venv.sh``) and load it in the driver **and*
 process that touches verl.) Everything is registered through verl's own registries:
 
 - :class:`SegmentDenseRewardManager` in ``verl.experimental.reward_loop.reward_manager``
-  (``reward.reward_manager.name=segrl_dense``), and :class:`LegacySegmentDenseRewardManager` under
-  the same name in the legacy ``verl.workers.reward_manager`` registry;
+  (``reward.reward_manager.name=segrl_dense``);
 - :func:`segment_rm_token_rewards`, the token-reward source for a segrl segment RM
-  (``reward.custom_reward_function.path=pkg://segrl.integrations.verl``);
+  (``reward.custom_reward_function.path=pkg://segrl.integrations.verl``), a thin adapter onto
+  segrl's one segment-RM source :class:`segrl.rewards.SegmentRMRewards`;
 - :func:`compute_segrl_asr_gae_advantage` via ``register_adv_est``
   (``algorithm.adv_estimator=segrl_asr_gae``);
 - :func:`compute_policy_loss_segrl_asr` via ``register_policy_loss``
@@ -97,7 +97,6 @@ __all__ = [
     "ASRAdvantages",
     "ASROptions",
     "CONFIG_KEY",
-    "LegacySegmentDenseRewardManager",
     "POLICY_LOSS_NAME",
     "REWARD_MANAGER_NAME",
     "SegmentDenseRewardManager",
@@ -136,56 +135,73 @@ class TokenRewardSource(Protocol):
 class SegmentRMTokenRewards:
     """A :class:`TokenRewardSource` backed by a trained segrl segment reward model.
 
-    Calls ``SegmentRewardModel.score_token_ids`` (SPEC §2: entropy segments of the frozen reference,
-    location-normalised segment rewards spread over their tokens). The RM must share the policy's
-    tokenizer: ids are passed through unchanged (``score_token_ids`` rejects out-of-vocabulary ids).
+    A thin adapter onto :class:`segrl.rewards.SegmentRMRewards` (docs/method.md#segment-rm: entropy
+    segments of the frozen reference, segment rewards in the RM's reward form, location-normalised,
+    spread over their tokens), adding lazy loading, a lock and the reward clamp. The RM must share
+    the policy's tokenizer: ids are passed through unchanged (out-of-vocabulary ids are an error).
 
     Args:
         model_path: directory written by ``segrl train-rm`` / ``SegmentRewardModel.save_pretrained``.
         model: an already loaded ``SegmentRewardModel`` (instead of ``model_path``).
         mode: spreading of a segment reward over its tokens: ``"even"`` | ``"end"`` | ``"repeat"``.
         normalize: apply the fitted location normaliser (a missing fit is an error, never identity).
+        reward_form: ``"value"`` | ``"delta"`` (docs/method.md#reward-form); ``None``: the RM's, the
+            form its normaliser was fitted on (another one with ``normalize`` is an error).
         reference_model: override the reference model stored with the RM (path or module).
         device: where to load the RM (default: CPU; pass ``"cuda"`` if the reward worker owns a GPU).
         batch_size: rows per RM forward pass in :meth:`score_batch`.
-        clamp: clamp every token reward to ``[-clamp, clamp]`` (SPEC §3: 10, before verl subtracts
-            the KL penalty); ``None`` disables it.
+        clamp: clamp every token reward to ``[-clamp, clamp]`` (docs/method.md#ppo: 10, before verl
+            subtracts the KL penalty); ``None`` disables it.
 
     The model is loaded on first use and calls are serialised with a lock: verl's reward loop runs
     sources in a thread pool, and one model shared by many threads would only thrash.
     """
 
     def __init__(self, model_path: str | os.PathLike | None = None, *, model=None, mode: str = "even",
-                 normalize: bool = True, reference_model=None, device=None, batch_size: int = 8,
-                 clamp: float | None = 10.0):
+                 normalize: bool = True, reward_form: str | None = None, reference_model=None, device=None,
+                 batch_size: int = 8, clamp: float | None = 10.0):
+        from segrl.rm.scoring import parse_reward_form
+
         if (model_path is None) == (model is None):
             raise ValueError("pass exactly one of `model_path` and `model`")
         if mode not in ("even", "end", "repeat"):
             raise ValueError(f"`mode` must be one of ('even', 'end', 'repeat'), got {mode!r}")
         if int(batch_size) < 1:
             raise ValueError(f"`batch_size` must be >= 1, got {batch_size}")
+        if reward_form is not None:
+            parse_reward_form(reward_form)
         self.model_path = None if model_path is None else os.fspath(model_path)
         self.mode, self.normalize, self.batch_size = mode, bool(normalize), int(batch_size)
+        self.reward_form = reward_form
         if clamp is not None and not (isinstance(clamp, (int, float)) and clamp >= 0):
             raise ValueError(f"`clamp` must be a number >= 0 or None, got {clamp!r}")
         self.reference_model, self.device = reference_model, device
         self.clamp = None if clamp is None else float(clamp)
         self._rm = model
+        self._source = None
         self._lock = threading.Lock()
+
+    @property
+    def source(self):
+        """The :class:`segrl.rewards.SegmentRMRewards` doing the scoring (built lazily, once)."""
+        if self._source is None:
+            with self._lock:
+                if self._source is None:
+                    # Imported here: segrl.rm pulls in transformers, which the estimator/loss do not need.
+                    from segrl.rewards.segment_rm import SegmentRMRewards
+
+                    model = self._rm if self._rm is not None else self.model_path
+                    self._source = SegmentRMRewards(
+                        model, mode=self.mode, normalize=self.normalize, reward_form=self.reward_form,
+                        batch_size=self.batch_size, device=self.device, reference_model=self.reference_model,
+                        name="model_path",
+                    )
+        return self._source
 
     @property
     def rm(self):
         """The underlying ``segrl.rm.SegmentRewardModel`` (loaded lazily, once)."""
-        if self._rm is None:
-            with self._lock:
-                if self._rm is None:
-                    # Imported here: segrl.rm pulls in transformers, which the estimator/loss do not need.
-                    from segrl.rm import SegmentRewardModel
-
-                    self._rm = SegmentRewardModel.from_pretrained(
-                        self.model_path, reference_model=self.reference_model, device=self.device
-                    )
-        return self._rm
+        return self.source.model
 
     def __call__(self, prompt_ids, response_ids) -> torch.Tensor:
         """Token rewards of one response. Shape: (T,) fp32 on CPU, ``T = len(response_ids)``."""
@@ -195,14 +211,9 @@ class SegmentRMTokenRewards:
         """Token rewards of several responses in batched RM passes; one (T_b,) tensor per row."""
         prompts = [[int(t) for t in p] for p in prompt_ids]
         responses = [[int(t) for t in r] for r in response_ids]
-        rm = self.rm
+        source = self.source
         with self._lock:
-            rewards, mask = rm.score_token_ids(prompts, responses, mode=self.mode, normalize=self.normalize,
-                                               batch_size=self.batch_size)
-        lengths = mask.sum(dim=1).tolist()
-        for b, (n, r) in enumerate(zip(lengths, responses)):
-            if n != len(r):  # would mean a layout bug between the RM and verl; never pad or trim silently
-                raise ValueError(f"segment RM returned {n} token rewards for row {b}, which has {len(r)} tokens")
+            rewards, _ = source.token_rewards(prompts, responses)  # checks one reward per token of every row
         if self.clamp is not None:
             rewards = rewards.clamp(-self.clamp, self.clamp)
         return [rewards[b, : len(r)].float().cpu() for b, r in enumerate(responses)]
@@ -213,8 +224,8 @@ _SOURCES_LOCK = threading.Lock()
 
 
 def segment_rm_token_rewards(prompt_ids, response_ids, *, model_path: str, mode: str = "even",
-                             normalize: bool = True, reference_model: str | None = None, device: str | None = None,
-                             batch_size: int = 8, clamp: float | None = 10.0) -> torch.Tensor:
+                             normalize: bool = True, reward_form: str | None = None, reference_model: str | None = None,
+                             device: str | None = None, batch_size: int = 8, clamp: float | None = 10.0) -> torch.Tensor:
     """verl ``custom_reward_function`` entry point: dense token rewards from a segment RM.
 
     Use with ``reward.custom_reward_function.path=pkg://segrl.integrations.verl``,
@@ -226,13 +237,13 @@ def segment_rm_token_rewards(prompt_ids, response_ids, *, model_path: str, mode:
     Returns:
         Tensor of shape (T,), ``T = len(response_ids)``.
     """
-    key = (os.fspath(model_path), mode, bool(normalize), reference_model, device, int(batch_size), clamp)
+    key = (os.fspath(model_path), mode, bool(normalize), reward_form, reference_model, device, int(batch_size), clamp)
     with _SOURCES_LOCK:
         source = _SOURCES.get(key)
         if source is None:
             source = _SOURCES[key] = SegmentRMTokenRewards(model_path, mode=mode, normalize=normalize,
-                                                           reference_model=reference_model, device=device,
-                                                           batch_size=batch_size, clamp=clamp)
+                                                           reward_form=reward_form, reference_model=reference_model,
+                                                           device=device, batch_size=batch_size, clamp=clamp)
     return source(prompt_ids, response_ids)
 
 
@@ -382,45 +393,6 @@ class SegmentDenseRewardManager(_load_reward_loop_base()):
     def assemble_rm_scores(cls, data: DataProto, scores: list) -> torch.Tensor:
         """Per-sample token-reward lists -> ``rm_scores``. Shape: (bs, response_length)."""
         return dense_scores_tensor(data, scores)
-
-
-def _load_legacy_base():
-    from verl.workers.reward_manager.abstract import AbstractRewardManager
-
-    return AbstractRewardManager
-
-
-class LegacySegmentDenseRewardManager(_load_legacy_base()):
-    """The same dense rewards for verl's legacy ``verl.workers.reward_manager`` registry.
-
-    ``__call__(data)`` returns the (bs, response_length) reward tensor directly. verl 0.9.1's trainer
-    no longer calls legacy managers, but custom loops and older recipes do.
-    """
-
-    def __init__(self, tokenizer=None, num_examine: int = 0, compute_score=None, reward_fn_key: str = "data_source",
-                 token_reward_fn=None, **kwargs):
-        self.tokenizer = tokenizer
-        self.num_examine = num_examine
-        self.source = token_reward_fn if token_reward_fn is not None else compute_score
-        if self.source is None:
-            raise ValueError("no token-reward source: pass `token_reward_fn` or `compute_score`")
-
-    def __call__(self, data: DataProto, return_dict: bool = False):
-        precomputed = self._extract_reward_from_rm_scores(data, return_dict)
-        if precomputed is not None:
-            return precomputed
-        rows = [_row_token_ids(data, b) for b in range(len(data))]
-        batch_fn = getattr(self.source, "score_batch", None)
-        if batch_fn is not None:  # e.g. SegmentRMTokenRewards: one batched RM pass instead of bs passes
-            raw = batch_fn([p for p, _ in rows], [r for _, r in rows])
-        else:
-            raw = [self.source(p, r) for p, r in rows]
-        scores = [_checked_token_rewards(x, len(r), b) for b, (x, (_, r)) in enumerate(zip(raw, rows))]
-        reward_tensor = dense_scores_tensor(data, scores)
-        if return_dict:
-            extra = {"segrl_token_reward_sum": [float(sum(s)) for s in scores]}
-            return {"reward_tensor": reward_tensor, "reward_extra_info": extra}
-        return reward_tensor
 
 
 # ============================================================================ ASR-masked GAE
@@ -740,16 +712,13 @@ def _register_once(registry: dict, name: str, obj, register) -> None:
 
 
 def register_all() -> None:
-    """Register the estimator, the policy loss and both reward managers with verl (idempotent)."""
+    """Register the estimator, the policy loss and the reward manager with verl (idempotent)."""
     from verl.experimental.reward_loop.reward_manager import registry as loop_registry
-    from verl.workers.reward_manager import registry as legacy_registry
 
     _register_once(ADV_ESTIMATOR_REGISTRY, ADV_ESTIMATOR_NAME, compute_segrl_asr_gae_advantage, register_adv_est)
     _register_once(POLICY_LOSS_REGISTRY, POLICY_LOSS_NAME, compute_policy_loss_segrl_asr, register_policy_loss)
     _register_once(loop_registry.REWARD_MANAGER, REWARD_MANAGER_NAME, SegmentDenseRewardManager,
                    loop_registry.register)
-    _register_once(legacy_registry.REWARD_MANAGER_REGISTRY, REWARD_MANAGER_NAME, LegacySegmentDenseRewardManager,
-                   legacy_registry.register)
 
 
 register_all()

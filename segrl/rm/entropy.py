@@ -10,18 +10,34 @@ context; it gets entropy 0, which segmentation never reads (token 0 always start
 from __future__ import annotations
 
 import hashlib
+import math
 import os
+import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
 __all__ = [
+    "DEFAULT_SEGMENT_TARGET_LENGTH",
+    "FEW_SEGMENTS_WARNING",
+    "SegmentStats",
     "add_entropy_columns",
     "check_reference_vocab",
     "load_reference_model",
     "model_fingerprint",
     "reference_entropy",
+    "resolve_segment_threshold",
+    "segment_stats",
+    "warn_if_few_segments",
 ]
+
+#: Mean segment length (tokens, EOS excluded) that ``segment_threshold="auto"`` aims for. 4 tokens
+#: is a phrase-sized unit, close to what c = 0.2 gives on the built-in arithmetic task with the
+#: tiny SFT reference (about 5 segments per response); see docs/method.md#segment-rm.
+DEFAULT_SEGMENT_TARGET_LENGTH = 4.0
+#: A dense RM with fewer mean segments per response than this is about a bandit RM: warn.
+FEW_SEGMENTS_WARNING = 1.5
 
 
 def load_reference_model(name_or_path, *, device=None, **init_kwargs):
@@ -185,3 +201,124 @@ def add_entropy_columns(dataset, reference_model, *, batch_size: int = 8, pad_to
         fp = fingerprint or model_fingerprint(reference_model)
         kwargs["new_fingerprint"] = hashlib.sha256(f"{dataset._fingerprint}-entropy-{fp}".encode()).hexdigest()[:32]
     return dataset.map(compute, **kwargs)
+
+
+# --------------------------------------------------------------------------------------------------
+# Choosing the threshold from the entropies
+# --------------------------------------------------------------------------------------------------
+
+
+def _entropy_rows(entropies) -> list[torch.Tensor]:
+    rows = [torch.as_tensor(e, dtype=torch.float64).reshape(-1) for e in entropies]
+    if not rows:
+        raise ValueError("`entropies` is empty: need the reference entropies of at least one response")
+    if any(r.numel() == 0 for r in rows):
+        raise ValueError("`entropies` has an empty row; every response has at least its EOS token")
+    if not all(bool(torch.isfinite(r).all()) for r in rows):
+        raise ValueError("`entropies` contains NaN or inf")
+    return rows
+
+
+@dataclass
+class SegmentStats:
+    """Segments a threshold cuts in a set of responses (dense RM: EOS excluded).
+
+    Attributes: ``segments_per_response`` (mean ``K_b`` over responses), ``mean_segment_length``
+    (tokens in segments / segments), ``n_responses``.
+    """
+
+    segments_per_response: float
+    mean_segment_length: float
+    n_responses: int
+
+
+def segment_stats(entropies, threshold: float, *, chunk_rows: int = 1024) -> SegmentStats:
+    """Mean segments per response and mean segment length that ``threshold`` gives.
+
+    Segments with :func:`segrl.ops.entropy_segment_ids` (the one segmentation rule).
+
+    Args:
+        entropies: reference entropy of every response token, one sequence per response (length
+            ``n_b``, EOS included), e.g. a dataset's ``chosen_entropy`` + ``rejected_entropy``.
+        threshold: ``c >= 0`` or ``math.inf``.
+    """
+    from segrl.ops import entropy_segment_ids, segment_counts
+
+    rows = _entropy_rows(entropies)
+    segments = tokens = 0
+    for lo in range(0, len(rows), chunk_rows):
+        chunk = rows[lo : lo + chunk_rows]
+        width = max(r.numel() for r in chunk)
+        ent = torch.zeros(len(chunk), width, dtype=torch.float64)
+        mask = torch.zeros(len(chunk), width, dtype=torch.bool)
+        for i, r in enumerate(chunk):
+            ent[i, : r.numel()] = r
+            mask[i, : r.numel()] = True
+        ids = entropy_segment_ids(ent, mask, threshold)
+        segments += int(segment_counts(ids).sum())
+        tokens += int((ids >= 0).sum())
+    return SegmentStats(segments / len(rows), tokens / max(segments, 1), len(rows))
+
+
+def resolve_segment_threshold(entropies, target_length: float = DEFAULT_SEGMENT_TARGET_LENGTH) -> float:
+    """``segment_threshold="auto"``: the threshold whose segments have mean length ``target_length``.
+
+    A dense RM segments tokens ``0 .. n_b-2`` of each response; token 0 always starts a segment and
+    token ``t`` in ``1 .. n_b-2`` starts one iff its entropy is ``> c``. With ``S`` tokens in
+    segments and ``R`` responses of 2 or more tokens, a mean length ``L`` needs ``m = round(S / L - R)``
+    cuts, so ``c`` is the entropy quantile with ``m`` candidate entropies above it: the midpoint of
+    the ``m``-th and ``(m+1)``-th largest candidate (the largest candidate when ``m = 0``, half the
+    smallest when every candidate must cut). Ties can make the count inexact.
+
+    Args:
+        entropies: reference entropy of every response token, one sequence per response (EOS included).
+        target_length: wanted mean segment length in tokens, ``>= 1``.
+
+    Returns:
+        The resolved ``c`` (a float ``>= 0``).
+    """
+    if isinstance(target_length, bool) or not isinstance(target_length, (int, float)) or not (
+        math.isfinite(target_length) and target_length >= 1
+    ):
+        raise ValueError(f"`segment_target_length` must be a number >= 1 (tokens), got {target_length!r}")
+    rows = _entropy_rows(entropies)
+    candidates = torch.cat([r[1:-1] for r in rows if r.numel() >= 3] or [torch.zeros(0, dtype=torch.float64)])
+    if candidates.numel() == 0:
+        raise ValueError(
+            "segment_threshold='auto' cannot be resolved: no response has more than 2 tokens, so no threshold "
+            "changes the segmentation; pass a number"
+        )
+    in_segments = sum(r.numel() - 1 for r in rows if r.numel() >= 2)
+    responses = sum(1 for r in rows if r.numel() >= 2)
+    cuts = int(min(max(round(in_segments / float(target_length) - responses), 0), candidates.numel()))
+    ordered = candidates.sort(descending=True).values
+    if cuts == 0:
+        c = ordered[0]
+    elif cuts == ordered.numel():
+        c = ordered[-1] / 2
+    else:
+        c = (ordered[cuts - 1] + ordered[cuts]) / 2
+    return float(c)
+
+
+def warn_if_few_segments(entropies, threshold: float, *, target_length: float = DEFAULT_SEGMENT_TARGET_LENGTH,
+                         name: str = "segment_threshold") -> SegmentStats:
+    """Warn when a dense RM gets about one segment per response (mean < :data:`FEW_SEGMENTS_WARNING`).
+
+    Such an RM is a bandit RM read at a segment end: the warning names the threshold and suggests
+    the one :func:`resolve_segment_threshold` gives for ``target_length``. Returns the statistics.
+    """
+    stats = segment_stats(entropies, threshold)
+    if not math.isinf(threshold) and stats.segments_per_response < FEW_SEGMENTS_WARNING:
+        try:
+            suggestion = f"try {name}={resolve_segment_threshold(entropies, target_length):.3g} (mean segment " \
+                         f"length {target_length:g} tokens) or {name}='auto'"
+        except ValueError:
+            suggestion = "the responses are too short to segment"
+        warnings.warn(
+            f"{name}={threshold:g} gives {stats.segments_per_response:.2f} segments per response on the training "
+            f"data (mean segment length {stats.mean_segment_length:.1f} tokens): the segment RM is about a bandit "
+            f"RM; {suggestion}",
+            stacklevel=2,
+        )
+    return stats

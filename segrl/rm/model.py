@@ -24,8 +24,15 @@ from pathlib import Path
 
 import torch
 
-from segrl.ops import LocationNormalizerCoef, location_normalize, spread_segment_rewards
-from segrl.rm.scoring import SegmentScores, gather_response_values, segment_sequence_scores
+from segrl.ops import LocationNormalizerCoef, location_normalize
+from segrl.rm.scoring import (
+    SegmentTokenRewards,
+    form_segment_rewards,
+    gather_response_values,
+    parse_reward_form,
+    segment_sequence_scores,
+    segment_token_rewards,
+)
 
 __all__ = [
     "CONFIG_KEY",
@@ -42,20 +49,27 @@ CONFIG_KEY = "segment_rm"
 _FORMAT = 1
 
 
-def parse_threshold(value, name: str = "segment_threshold") -> float:
-    """A threshold from Python, YAML or JSON: a number >= 0, or ``inf`` (also ``"inf"``, ``None``)."""
+def parse_threshold(value, name: str = "segment_threshold", *, allow_auto: bool = False) -> float | str:
+    """A threshold from Python, YAML or JSON: a number >= 0, or ``inf`` (also ``"inf"``, ``None``).
+
+    With ``allow_auto``, ``"auto"`` is returned as is (resolved later from the training data's
+    reference entropies, see :func:`segrl.rm.entropy.resolve_segment_threshold`).
+    """
+    expected = "a number >= 0, 'inf' or 'auto'" if allow_auto else "a number >= 0 or 'inf'"
     if value is None:
         return math.inf
     if isinstance(value, str):
         text = value.strip().lower()
         if text in {"inf", "+inf", "infinity", "none", "null", "bandit"}:
             return math.inf
+        if allow_auto and text == "auto":
+            return "auto"
         try:
             value = float(text)
         except ValueError as err:
-            raise ValueError(f"`{name}` must be a number >= 0 or 'inf', got {value!r}") from err
+            raise ValueError(f"`{name}` must be {expected}, got {value!r}") from err
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"`{name}` must be a number >= 0 or 'inf', got {value!r}")
+        raise ValueError(f"`{name}` must be {expected}, got {value!r}")
     value = float(value)
     if math.isnan(value) or value < 0:
         raise ValueError(f"`{name}` must be >= 0 (0 = token-level, inf = bandit), got {value!r}")
@@ -68,13 +82,16 @@ class SegmentRMSettings:
 
     ``threshold`` is ``c`` (``math.inf`` for the bandit RM); ``reference_model`` the path / Hub id
     of the frozen reference causal LM whose entropy cuts segments; ``normalizer`` the fitted
-    location normaliser or ``None``; ``sigma_floor`` the floor on ``sigma(p)``.
+    location normaliser or ``None``; ``sigma_floor`` the floor on ``sigma(p)``; ``reward_form`` the
+    token-reward form (``"value"`` | ``"delta"``) the normaliser is fitted on, and the RM's default
+    form (saved RMs from before reward forms existed read as ``"value"``, what they were fitted on).
     """
 
     threshold: float = math.inf
     reference_model: str | None = None
     normalizer: LocationNormalizerCoef | None = None
     sigma_floor: float = 1e-2
+    reward_form: str = "value"
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -84,6 +101,7 @@ class SegmentRMSettings:
             "reference_model": self.reference_model,
             "normalizer": None if self.normalizer is None else self.normalizer.to_dict(),
             "sigma_floor": float(self.sigma_floor),
+            "reward_form": self.reward_form,
             **self.extra,
         }
 
@@ -95,13 +113,14 @@ class SegmentRMSettings:
                 "SegmentRewardModel(model, tokenizer, threshold=..., reference_model=...) instead"
             )
         data = dict(data)
-        known = {"format", "threshold", "reference_model", "normalizer", "sigma_floor"}
+        known = {"format", "threshold", "reference_model", "normalizer", "sigma_floor", "reward_form"}
         norm = data.get("normalizer")
         return cls(
             threshold=parse_threshold(data.get("threshold"), "segment_rm.threshold"),
             reference_model=data.get("reference_model"),
             normalizer=None if norm is None else LocationNormalizerCoef.from_dict(norm),
             sigma_floor=float(data.get("sigma_floor", 1e-2)),
+            reward_form=parse_reward_form(data.get("reward_form", "value"), "segment_rm.reward_form"),
             extra={k: v for k, v in data.items() if k not in known},
         )
 
@@ -190,6 +209,8 @@ class SegmentedResponses:
         entropy: reference entropy per response token (zeros for the bandit RM). Shape: (B, T).
         mask: valid response tokens. Shape: (B, T).
         segment_ids: Shape: (B, T). seg_rewards, seg_valid: Shape: (B, K_max). scores: Shape: (B,).
+        start_values: RM value at each row's last prompt token (0 for an empty prompt), the ``r_0``
+            of ``reward_form="delta"``. Shape: (B,).
     """
 
     values: torch.Tensor
@@ -199,6 +220,7 @@ class SegmentedResponses:
     seg_rewards: torch.Tensor
     seg_valid: torch.Tensor
     scores: torch.Tensor
+    start_values: torch.Tensor | None = None
 
     @property
     def num_segments(self) -> torch.Tensor:
@@ -234,13 +256,16 @@ class SegmentRewardModel:
             Not needed, and never loaded, when ``threshold`` is inf.
         normalizer: fitted :class:`~segrl.ops.LocationNormalizerCoef` (or mapping), or ``None``.
         sigma_floor: floor on ``sigma(p)`` of the normaliser.
+        reward_form: ``"value"`` | ``"delta"`` (docs/method.md#reward-form): the token-reward form
+            the normaliser is fitted on, and the default of every scoring method. Change it only
+            together with the normaliser (:meth:`set_normalizer`, ``segrl fit-norm --reward_form``).
 
     Scoring outputs follow SPEC §0: ``(B, T)`` over response tokens only, right-padded, on CPU in
     fp32.
     """
 
     def __init__(self, model, tokenizer, *, threshold: float, reference_model=None, normalizer=None,
-                 sigma_floor: float = 1e-2):
+                 sigma_floor: float = 1e-2, reward_form: str = "value"):
         if getattr(model.config, "num_labels", None) != 1:
             raise ValueError("`model` must be a sequence-classification model with num_labels=1")
         find_score_head(model)
@@ -259,6 +284,7 @@ class SegmentRewardModel:
             )
         self.normalizer: LocationNormalizerCoef | None = normalizer
         self.sigma_floor = float(sigma_floor)
+        self.reward_form = parse_reward_form(reward_form)
         if self.tokenizer.pad_token_id is None and self.tokenizer.eos_token_id is None:
             raise ValueError("`tokenizer` needs a pad or eos token to pad batches")
 
@@ -266,7 +292,8 @@ class SegmentRewardModel:
 
     @property
     def settings(self) -> SegmentRMSettings:
-        return SegmentRMSettings(self.threshold, self.reference_model, self.normalizer, self.sigma_floor)
+        return SegmentRMSettings(self.threshold, self.reference_model, self.normalizer, self.sigma_floor,
+                                 self.reward_form, dict(getattr(self, "_extra", {})))
 
     @property
     def device(self) -> torch.device:
@@ -301,7 +328,7 @@ class SegmentRewardModel:
         rm = cls(
             model, tokenizer, threshold=settings.threshold,
             reference_model=reference_model if reference_model is not None else settings.reference_model,
-            normalizer=settings.normalizer, sigma_floor=settings.sigma_floor,
+            normalizer=settings.normalizer, sigma_floor=settings.sigma_floor, reward_form=settings.reward_form,
         )
         rm._extra = settings.extra
         return rm
@@ -317,7 +344,7 @@ class SegmentRewardModel:
             model = copy.deepcopy(model).merge_and_unload()
         return cls(model, trainer.processing_class, threshold=settings.threshold,
                    reference_model=settings.reference_model, normalizer=settings.normalizer,
-                   sigma_floor=settings.sigma_floor)
+                   sigma_floor=settings.sigma_floor, reward_form=settings.reward_form)
 
     def save_pretrained(self, path, **kwargs) -> Path:
         """Save model, tokenizer and the segment-RM settings (``config.segment_rm``)."""
@@ -327,13 +354,21 @@ class SegmentRewardModel:
         self.tokenizer.save_pretrained(path)
         return path
 
+    def set_normalizer(self, normalizer: LocationNormalizerCoef | None, reward_form: str | None = None) -> None:
+        """Set the normaliser and the reward form it was fitted on (default: the current form)."""
+        self.reward_form = parse_reward_form(self.reward_form if reward_form is None else reward_form)
+        self.normalizer = normalizer
+
     @staticmethod
-    def write_normalizer(path, normalizer: LocationNormalizerCoef | None) -> None:
-        """Update only ``config.segment_rm.normalizer`` of a saved RM (weights untouched)."""
+    def write_normalizer(path, normalizer: LocationNormalizerCoef | None, reward_form: str | None = None) -> None:
+        """Update only ``config.segment_rm.normalizer`` (and the ``reward_form`` it was fitted on, if
+        given) of a saved RM (weights untouched)."""
         config_path = Path(path) / "config.json"
         config = json.loads(config_path.read_text())
         settings = SegmentRMSettings.from_dict(config.get(CONFIG_KEY))
         settings.normalizer = normalizer
+        if reward_form is not None:
+            settings.reward_form = parse_reward_form(reward_form)
         config[CONFIG_KEY] = settings.to_dict()
         tmp = config_path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
@@ -404,6 +439,7 @@ class SegmentRewardModel:
         ref = self.load_reference() if dense and entropy is None else None
         t_max = max(len(r) for r in response_ids)
         values = torch.zeros(n, t_max)
+        start_values = torch.zeros(n)
         ent = torch.zeros(n, t_max)
         mask = torch.zeros(n, t_max, dtype=torch.bool)
         device = self.device
@@ -424,6 +460,8 @@ class SegmentRewardModel:
                 vals, _ = per_position_values(self.model, ids.to(device), attn.to(device))
                 t_b = max(len(response_ids[i]) for i in rows)
                 resp = gather_response_values(vals.float(), torch.tensor(plens, device=device), t_b).cpu()
+                last_prompt = torch.tensor([max(p - 1, 0) for p in plens], device=device)
+                starts = vals.float().gather(1, last_prompt[:, None]).squeeze(1).cpu()
                 if ref is not None:
                     from segrl.rm.entropy import reference_entropy
 
@@ -431,6 +469,7 @@ class SegmentRewardModel:
                 for j, i in enumerate(rows):
                     k = len(response_ids[i])
                     values[i, :k] = resp[j, :k]
+                    start_values[i] = starts[j] if plens[j] > 0 else 0.0  # no prompt token: r_0 = 0
                     mask[i, :k] = True
                     if ref is not None:
                         ent[i, :k] = rows_ent[j]
@@ -439,37 +478,75 @@ class SegmentRewardModel:
         finally:
             self.model.train(was_training)
         seg = segment_sequence_scores(values, ent if dense else None, mask, self.threshold)
-        return SegmentedResponses(values, ent, mask, seg.segment_ids, seg.seg_rewards, seg.seg_valid, seg.scores)
+        return SegmentedResponses(values, ent, mask, seg.segment_ids, seg.seg_rewards, seg.seg_valid, seg.scores,
+                                  start_values)
 
-    def normalized_segment_rewards(self, seg: SegmentedResponses | SegmentScores) -> torch.Tensor:
-        """Location-normalised segment rewards ``(r_k - mu(p_k)) / sigma(p_k)``. Shape: (B, K_max).
-
-        Raises ``ValueError`` if no normaliser has been fitted (never a silent identity).
-        """
-        if self.normalizer is None:
+    def _check_form(self, reward_form: str | None, normalize: bool) -> str:
+        """The reward form to score with; an error if the fitted normaliser is for another form."""
+        form = self.reward_form if reward_form is None else parse_reward_form(reward_form)
+        if normalize and self.normalizer is None:
             raise ValueError(
                 "this segment RM has no fitted location normaliser: run `segrl fit-norm` (or "
                 "segrl.rm.fit_normalizer) first, or pass normalize=False for raw segment rewards"
             )
-        return location_normalize(seg.seg_rewards, seg.seg_valid, self.normalizer, sigma_floor=self.sigma_floor)
+        if normalize and form != self.reward_form:
+            raise ValueError(
+                f"reward_form={form!r} but this segment RM's normaliser was fitted on reward_form="
+                f"{self.reward_form!r}: refit it on the form in use (`segrl fit-norm --reward_form {form}`), "
+                "or pass normalize=False for raw segment rewards"
+            )
+        return form
+
+    def normalized_segment_rewards(self, seg: SegmentedResponses, reward_form: str | None = None) -> torch.Tensor:
+        """Location-normalised segment rewards ``(r_k - mu(p_k)) / sigma(p_k)`` in the RM's reward
+        form (``"delta"`` reads ``seg.start_values``). Shape: (B, K_max).
+
+        Raises ``ValueError`` if no normaliser has been fitted (never a silent identity), or if it was
+        fitted on another form.
+        """
+        form = self._check_form(reward_form, normalize=True)
+        raw = form_segment_rewards(seg.seg_rewards, seg.seg_valid, getattr(seg, "start_values", None), form)
+        return location_normalize(raw, seg.seg_valid, self.normalizer, sigma_floor=self.sigma_floor)
+
+    def _token_rewards(self, seg: SegmentedResponses, form: str, *, normalize: bool, mode: str) -> SegmentTokenRewards:
+        return segment_token_rewards(seg, seg.mask, start_values=seg.start_values, reward_form=form,
+                                     normalizer=self.normalizer if normalize else None, sigma_floor=self.sigma_floor,
+                                     mode=mode)
+
+    def score(self, prompt_ids, response_ids, *, mode: str = "even", normalize: bool = True,
+              reward_form: str | None = None, batch_size: int = 8, entropy=None,
+              progress: bool = False) -> SegmentTokenRewards:
+        """Token rewards **and** training sequence scores of tokenised responses, in one RM pass.
+
+        Segment rewards in ``reward_form`` (default: the RM's, the form its normaliser was fitted
+        on; another form with ``normalize=True`` is an error), location-normalised unless
+        ``normalize=False``, spread over their tokens with ``mode`` (``"even"`` / ``"end"`` /
+        ``"repeat"``). The EOS of a dense RM and padding get 0. ``scores`` is the mean raw segment
+        value the RM was trained on, whatever the form. Computed by
+        :func:`segrl.rm.scoring.segment_token_rewards`.
+
+        Returns:
+            :class:`~segrl.rm.scoring.SegmentTokenRewards` (fp32, CPU); Shape: (B, T) / (B,).
+        """
+        form = self._check_form(reward_form, normalize)
+        seg = self.segment_token_ids(prompt_ids, response_ids, batch_size=batch_size, entropy=entropy,
+                                     progress=progress)
+        return self._token_rewards(seg, form, normalize=normalize, mode=mode)
 
     def score_token_ids(self, prompt_ids, response_ids, *, mode: str = "even", normalize: bool = True,
-                        batch_size: int = 8, return_segment_ids: bool = False, entropy=None, progress: bool = False):
-        """Dense token rewards for already-tokenised responses.
+                        reward_form: str | None = None, batch_size: int = 8, return_segment_ids: bool = False,
+                        entropy=None, progress: bool = False):
+        """Dense token rewards for already-tokenised responses (see :meth:`score`).
 
-        Segment rewards (normalised unless ``normalize=False``) spread over their tokens with
-        :func:`segrl.ops.spread_segment_rewards` (``mode`` ``"even"`` / ``"end"`` / ``"repeat"``).
-        The EOS of a dense RM and padding get 0. Token ``t`` of row ``b`` is ``response_ids[b][t]``.
+        Token ``t`` of row ``b`` is ``response_ids[b][t]``.
 
         Returns:
             ``(rewards, mask)``, or ``(rewards, mask, segment_ids)`` with ``return_segment_ids``:
             ``rewards`` fp32 Shape: (B, T); ``mask`` bool Shape: (B, T); ``segment_ids`` long Shape: (B, T).
         """
-        seg = self.segment_token_ids(prompt_ids, response_ids, batch_size=batch_size, entropy=entropy,
-                                     progress=progress)
-        seg_rewards = self.normalized_segment_rewards(seg) if normalize else seg.seg_rewards
-        rewards = spread_segment_rewards(seg_rewards, seg.segment_ids, mode=mode)
-        return (rewards, seg.mask, seg.segment_ids) if return_segment_ids else (rewards, seg.mask)
+        out = self.score(prompt_ids, response_ids, mode=mode, normalize=normalize, reward_form=reward_form,
+                         batch_size=batch_size, entropy=entropy, progress=progress)
+        return (out.token_rewards, out.mask, out.segment_ids) if return_segment_ids else (out.token_rewards, out.mask)
 
     def tokenize(self, prompts, responses) -> tuple[list[list[int]], list[list[int]]]:
         """``(prompt_ids, response_ids)`` tokenised as in training (EOS appended to plain-text
@@ -496,22 +573,17 @@ class SegmentRewardModel:
             r_out.append(full[cut:])
         return p_out, r_out
 
-    def score_tokens(self, prompts, responses, *, mode: str = "even", normalize: bool = True, batch_size: int = 8,
-                     return_segment_ids: bool = False, progress: bool = False):
+    def score_tokens(self, prompts, responses, *, mode: str = "even", normalize: bool = True,
+                     reward_form: str | None = None, batch_size: int = 8, return_segment_ids: bool = False,
+                     progress: bool = False):
         """Dense token rewards for text (or chat-message) prompts and responses.
 
         Tokenises with :meth:`tokenize` and calls :meth:`score_token_ids`. Returns ``(rewards, mask)``
         (fp32 / bool, Shape: (B, T) over response tokens incl. EOS), plus ``segment_ids`` if asked.
         """
         prompt_ids, response_ids = self.tokenize(prompts, responses)
-        return self.score_token_ids(prompt_ids, response_ids, mode=mode, normalize=normalize, batch_size=batch_size,
-                                    return_segment_ids=return_segment_ids, progress=progress)
-
-    def segment_ids_for(self, prompts, responses, *, batch_size: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(segment_ids, mask)`` of text responses, e.g. for ``segrl viz``. Shape: (B, T) each."""
-        prompt_ids, response_ids = self.tokenize(prompts, responses)
-        seg = self.segment_token_ids(prompt_ids, response_ids, batch_size=batch_size)
-        return seg.segment_ids, seg.mask
+        return self.score_token_ids(prompt_ids, response_ids, mode=mode, normalize=normalize, reward_form=reward_form,
+                                    batch_size=batch_size, return_segment_ids=return_segment_ids, progress=progress)
 
     def sequence_scores(self, prompt_ids, response_ids, *, batch_size: int = 8, progress: bool = False) -> torch.Tensor:
         """The training score (mean segment reward) of each tokenised response. Shape: (B,)."""
@@ -520,7 +592,8 @@ class SegmentRewardModel:
     def __repr__(self) -> str:
         c = "inf" if math.isinf(self.threshold) else self.threshold
         return (f"SegmentRewardModel({type(self.model).__name__}, threshold={c}, reference_model="
-                f"{self.reference_model!r}, normalizer={'fitted' if self.normalizer else None})")
+                f"{self.reference_model!r}, normalizer={'fitted' if self.normalizer else None}, "
+                f"reward_form={self.reward_form!r})")
 
 
 def _unwrap_for_save(model):

@@ -6,6 +6,10 @@ against ``ln(p + 1e-10)`` with :func:`segrl.ops.fit_location_normalizer`. A band
 has one segment per response, so every ``p`` is 1: one bucket, whose mean and std become
 ``b_mu`` / ``b_sigma`` (the slopes are then fixed by Huber's L2 penalty to ~0), i.e. the usual
 global bandit normaliser.
+
+The fit is on the reward form in use (``reward_form``: ``"value"`` records ``r_k``, ``"delta"``
+records ``r_k - r_{k-1}``, docs/method.md#reward-form); the form is saved with the coefficients, and
+scoring with another form and ``normalize=True`` is an error.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from segrl.ops import (
 )
 from segrl.rm.evaluate import iter_scored_pairs, prepare_pairs
 from segrl.rm.model import SegmentRewardModel
+from segrl.rm.scoring import form_segment_rewards, parse_reward_form
 
 __all__ = ["NormalizerFit", "collect_segment_rewards", "fit_normalizer", "plot_normalizer_fit"]
 
@@ -39,15 +44,17 @@ class NormalizerFit:
     n_pairs: int
     n_segments: int
     plot_path: Path | None = None
+    reward_form: str = "value"
 
 
 def collect_segment_rewards(rm: SegmentRewardModel, dataset, *, n_pairs: int | None = None, batch_size: int = 8,
-                            max_length: int | None = None, seed: int = 42,
-                            progress: bool = True) -> tuple[np.ndarray, np.ndarray, int]:
-    """``(locations, rewards, n_pairs_used)``: ``p_k`` and raw ``r_k`` of every segment of the chosen
-    and rejected responses of ``n_pairs`` pairs (shuffled with ``seed`` first, as published; all pairs
-    if ``n_pairs`` is None). Shapes: (N_segments,).
+                            max_length: int | None = None, seed: int = 42, progress: bool = True,
+                            reward_form: str | None = None) -> tuple[np.ndarray, np.ndarray, int]:
+    """``(locations, rewards, n_pairs_used)``: ``p_k`` and the raw segment reward in ``reward_form``
+    (default: the RM's) of every segment of the chosen and rejected responses of ``n_pairs`` pairs
+    (shuffled with ``seed`` first, as published; all pairs if ``n_pairs`` is None). Shapes: (N_segments,).
     """
+    form = parse_reward_form(rm.reward_form if reward_form is None else reward_form)
     tokenized, _ = prepare_pairs(rm, dataset, max_pairs=n_pairs, max_length=max_length,
                                  shuffle_seed=seed if n_pairs is not None else None)
     locs, rewards = [], []
@@ -55,7 +62,8 @@ def collect_segment_rewards(rm: SegmentRewardModel, dataset, *, n_pairs: int | N
                                               desc="Scoring segments"):
         for side in (chosen, rejected):
             locs.append(segment_locations(side.seg_valid))
-            rewards.append(side.seg_rewards[side.seg_valid].double().numpy())
+            formed = form_segment_rewards(side.seg_rewards, side.seg_valid, side.start_values, form)
+            rewards.append(formed[side.seg_valid].double().numpy())
     locations = np.concatenate(locs) if locs else np.zeros(0)
     values = np.concatenate(rewards) if rewards else np.zeros(0)
     if locations.size == 0:
@@ -65,18 +73,22 @@ def collect_segment_rewards(rm: SegmentRewardModel, dataset, *, n_pairs: int | N
 
 def fit_normalizer(rm: SegmentRewardModel, dataset, *, n_pairs: int | None = None, batch_size: int = 8,
                    max_length: int | None = None, seed: int = 42, plot_path: str | Path | None = None,
-                   progress: bool = True) -> NormalizerFit:
-    """Fit ``mu(p)``, ``sigma(p)`` for ``rm`` on a preference dataset and set ``rm.normalizer``.
+                   progress: bool = True, reward_form: str | None = None) -> NormalizerFit:
+    """Fit ``mu(p)``, ``sigma(p)`` for ``rm`` on a preference dataset, on the segment rewards in
+    ``reward_form`` (default: the RM's current form), and set ``rm.normalizer`` and ``rm.reward_form``.
 
-    Save it with ``rm.save_pretrained(dir)`` or ``SegmentRewardModel.write_normalizer(dir, fit.coef)``.
-    Writes a PNG of the fit to ``plot_path`` if given.
+    Save it with ``rm.save_pretrained(dir)`` or
+    ``SegmentRewardModel.write_normalizer(dir, fit.coef, fit.reward_form)``. Writes a PNG of the fit
+    to ``plot_path`` if given.
     """
+    form = parse_reward_form(rm.reward_form if reward_form is None else reward_form)
     locations, rewards, used = collect_segment_rewards(rm, dataset, n_pairs=n_pairs, batch_size=batch_size,
-                                                       max_length=max_length, seed=seed, progress=progress)
+                                                       max_length=max_length, seed=seed, progress=progress,
+                                                       reward_form=form)
     coef = fit_location_normalizer(locations, rewards)
     buckets = location_buckets(locations, rewards)
-    rm.normalizer = coef
-    fit = NormalizerFit(coef, buckets, used, int(locations.size))
+    rm.set_normalizer(coef, form)
+    fit = NormalizerFit(coef, buckets, used, int(locations.size), reward_form=form)
     if plot_path is not None:
         fit.plot_path = plot_normalizer_fit(coef, buckets, plot_path, title=repr(rm))
     return fit

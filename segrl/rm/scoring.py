@@ -1,7 +1,9 @@
-"""From per-position RM values to segment rewards and sequence scores (SPEC §2), pure torch.
+"""From per-position RM values to segment rewards, sequence scores and token rewards, pure torch.
 
-Shared by the trainer's loss, evaluation, the normaliser fit and ``score_tokens``, so training and
-scoring cannot drift apart.
+Shared by the trainer's loss, evaluation, the normaliser fit, ``score_tokens`` and the one
+segment-RM reward source (:class:`segrl.rewards.SegmentRMRewards`, used by ASR-DPO, rejection
+sampling, PPO and verl), so training and scoring cannot drift apart. The maths is in
+docs/method.md#segment-rm, #reward-form, #location-normalizer and #spreading.
 """
 
 from __future__ import annotations
@@ -11,9 +13,22 @@ from dataclasses import dataclass
 
 import torch
 
-from segrl.ops import entropy_segment_ids, segment_end_values
+from segrl.ops import entropy_segment_ids, location_normalize, segment_end_values, spread_segment_rewards
 
-__all__ = ["SegmentScores", "gather_response_values", "segment_sequence_scores"]
+__all__ = [
+    "REWARD_FORMS",
+    "SegmentScores",
+    "SegmentTokenRewards",
+    "form_segment_rewards",
+    "gather_response_values",
+    "parse_reward_form",
+    "segment_sequence_scores",
+    "segment_token_rewards",
+]
+
+#: ``"value"``: a segment's reward is the RM value at its last token (the paper's); ``"delta"``: the
+#: change of that value since the previous segment's end (docs/method.md#reward-form).
+REWARD_FORMS = ("value", "delta")
 
 
 @dataclass
@@ -90,3 +105,92 @@ def segment_sequence_scores(values: torch.Tensor, entropy: torch.Tensor | None, 
     if not bool(torch.isfinite(scores.detach()).all()):
         raise ValueError("`values` (the RM outputs) contain NaN or inf where a sequence score is read")
     return SegmentScores(scores, segment_ids, seg_rewards, seg_valid, counts)
+
+
+def parse_reward_form(value, name: str = "reward_form") -> str:
+    """A reward form, checked: one of :data:`REWARD_FORMS`; ``ValueError`` naming ``name`` otherwise."""
+    if not isinstance(value, str) or value not in REWARD_FORMS:
+        raise ValueError(f"`{name}` must be one of {REWARD_FORMS}, got {value!r}")
+    return value
+
+
+def form_segment_rewards(seg_rewards: torch.Tensor, seg_valid: torch.Tensor, start_values: torch.Tensor | None,
+                         reward_form: str) -> torch.Tensor:
+    """Segment rewards in the form in use (docs/method.md#reward-form).
+
+    ``"value"``: ``r_k`` unchanged. ``"delta"``: ``r_k - r_{k-1}`` with ``r_0`` the RM value at the
+    last prompt token (``start_values``), i.e. potential-based shaping of the same values: the
+    deltas of a row sum to ``r_K - r_0``.
+
+    Args:
+        seg_rewards: ``r_k``, the RM value at each segment's last token. Shape: (B, K_max).
+        seg_valid: real segment slots (contiguous from slot 0). Shape: (B, K_max).
+        start_values: ``r_0`` per row, needed for ``"delta"`` only. Shape: (B,).
+        reward_form: ``"value"`` | ``"delta"``.
+
+    Returns:
+        Tensor (B, K_max), 0 at unused slots.
+    """
+    parse_reward_form(reward_form)
+    if reward_form == "value":
+        return seg_rewards
+    if start_values is None:
+        raise ValueError("reward_form='delta' needs `start_values` (the RM value at the last prompt token of each row)")
+    if start_values.shape != seg_rewards.shape[:1]:
+        raise ValueError(f"`start_values` must have shape ({seg_rewards.shape[0]},), got {tuple(start_values.shape)}")
+    previous = torch.cat([start_values.to(seg_rewards)[:, None], seg_rewards[:, :-1]], dim=1)
+    return torch.where(seg_valid, seg_rewards - previous, torch.zeros_like(seg_rewards))
+
+
+@dataclass
+class SegmentTokenRewards:
+    """What the segment-RM reward source gives for a batch of responses (response-token layout).
+
+    Attributes:
+        token_rewards: segment rewards in the form in use, normalised (unless asked not to), spread
+            over their tokens; 0 on padding and on a dense RM's EOS. Shape: (B, T), fp32.
+        mask: valid response tokens. Shape: (B, T), bool.
+        scores: the training sequence score, mean of the raw segment values (``K = 0``: the EOS
+            value), whatever the reward form. Shape: (B,).
+        segment_ids: ``0..K_b-1`` or -1. Shape: (B, T).
+        seg_rewards: segment rewards in the form in use, before normalisation. Shape: (B, K_max).
+        seg_valid: real segment slots. Shape: (B, K_max).
+        num_segments: ``K_b``. Shape: (B,).
+        reward_form: the form of ``seg_rewards`` / ``token_rewards``.
+    """
+
+    token_rewards: torch.Tensor
+    mask: torch.Tensor
+    scores: torch.Tensor
+    segment_ids: torch.Tensor
+    seg_rewards: torch.Tensor
+    seg_valid: torch.Tensor
+    num_segments: torch.Tensor
+    reward_form: str = "value"
+
+
+def segment_token_rewards(seg, mask: torch.Tensor, *, start_values: torch.Tensor | None = None,
+                          reward_form: str = "value", normalizer=None, sigma_floor: float = 1e-2,
+                          mode: str = "even") -> SegmentTokenRewards:
+    """Token rewards of segmented responses: form, then location-normalise, then spread.
+
+    Args:
+        seg: the output of :func:`segment_sequence_scores` (or anything with ``scores``,
+            ``segment_ids``, ``seg_rewards``, ``seg_valid``).
+        mask: valid response tokens. Shape: (B, T).
+        start_values: the RM value at the last prompt token of each row (``"delta"`` only). Shape: (B,).
+        reward_form: ``"value"`` | ``"delta"`` (docs/method.md#reward-form).
+        normalizer: location-normaliser coefficients fitted **on this form**, or ``None`` for raw
+            segment rewards (the caller decides; a consumer that needs a fit must check for it).
+        sigma_floor: floor of ``sigma(p)``.
+        mode: spreading, ``"even"`` | ``"end"`` | ``"repeat"`` (docs/method.md#spreading).
+
+    Returns:
+        :class:`SegmentTokenRewards`.
+    """
+    seg_rewards = form_segment_rewards(seg.seg_rewards, seg.seg_valid, start_values, reward_form)
+    scaled = seg_rewards if normalizer is None else location_normalize(seg_rewards, seg.seg_valid, normalizer,
+                                                                       sigma_floor=sigma_floor)
+    token_rewards = spread_segment_rewards(scaled, seg.segment_ids, mode=mode)
+    return SegmentTokenRewards(token_rewards.float(), mask.bool(), seg.scores, seg.segment_ids, seg_rewards,
+                               seg.seg_valid, seg.seg_valid.sum(dim=1), reward_form)

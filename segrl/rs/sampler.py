@@ -26,9 +26,9 @@ import torch
 from trl import SFTTrainer
 
 from segrl._trl_compat import check_trl_compat
+from segrl.rewards.segment_rm import SegmentRMRewards
 from segrl.rs.config import ASRRejectionSamplingConfig
 from segrl.token_rewards import (
-    SegmentRMTokenRewards,
     align_token_rewards,
     boundary_token_table,
     compute_keep_mask,
@@ -191,7 +191,7 @@ class ASRRejectionSampler:
             processing_class.pad_token = processing_class.eos_token
         self.model, self.tokenizer = model, processing_class
         self._reward_model_arg = reward_model if reward_model is not None else args.reward_model
-        self._rewards: SegmentRMTokenRewards | None = None
+        self._rewards: SegmentRMRewards | None = None
         self.prompts = prompts
         self.selection_metrics: dict[str, float] = {}
         self.trainer = None
@@ -286,12 +286,12 @@ class ASRRejectionSampler:
 
     # ------------------------------------------------------------------ scoring
 
-    def _reward_source(self) -> SegmentRMTokenRewards:
+    def _reward_source(self) -> SegmentRMRewards:
         if self._rewards is None:
             if self._reward_model_arg is None:
                 raise ValueError("scoring needs a segment reward model: set `reward_model`, or give `scores` (and, "
                                  "for an ASR mask, `token_rewards`) in the candidates file")
-            self._rewards = SegmentRMTokenRewards(
+            self._rewards = SegmentRMRewards(
                 self._reward_model_arg, policy_tokenizer=self.tokenizer, mode=self.args.token_reward_mode,
                 normalize=self.args.token_reward_normalize, batch_size=self.args.reward_batch_size,
                 device=self.args.device,

@@ -35,7 +35,8 @@ def test_verl_use_external_modules_registers_everything_on_import_verl():
         " 'rm': 'segrl_dense' in REWARD_MANAGER, 'legacy': 'segrl_dense' in REWARD_MANAGER_REGISTRY}))\n"
     )
     with_plugin = json.loads(_python(code, VERL_USE_EXTERNAL_MODULES="segrl.integrations.verl"))
-    assert with_plugin == {"adv": True, "loss": True, "rm": True, "legacy": True}
+    # the legacy reward-manager registry is left alone (segrl registers only the reward-loop manager)
+    assert with_plugin == {"adv": True, "loss": True, "rm": True, "legacy": False}
     without = json.loads(_python(code))
     assert without == {"adv": False, "loss": False, "rm": False, "legacy": False}
 

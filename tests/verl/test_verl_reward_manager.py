@@ -120,18 +120,6 @@ def test_scalar_scores_keep_verl_semantics_last_token():
     assert torch.equal(scores, expected)
 
 
-def test_legacy_registry_variant():
-    from verl.workers.reward_manager import get_reward_manager_cls
-
-    cls = get_reward_manager_cls("segrl_dense")
-    assert cls is plugin.LegacySegmentDenseRewardManager
-    data = rollout_batch(PROMPTS, RESPONSES)
-    manager = cls(tokenizer=None, num_examine=0, compute_score=RecordingSource())
-    torch.testing.assert_close(manager(data), _expected_scores(), atol=0, rtol=0)
-    out = manager(data, return_dict=True)
-    assert set(out) == {"reward_tensor", "reward_extra_info"}
-
-
 # ----------------------------------------------------------------------------- real segment RM
 
 
@@ -179,3 +167,24 @@ def test_segment_rm_adapter_argument_errors():
         plugin.SegmentRMTokenRewards("x", mode="middle")
     with pytest.raises(ValueError, match="clamp"):
         plugin.SegmentRMTokenRewards("x", clamp=-1.0)
+
+
+def test_segment_rm_adapter_honours_reward_form(segment_rm_dir):
+    from segrl.rm import SegmentRewardModel
+
+    path, tok = segment_rm_dir
+    p, r = tok.encode("Tell me about the sea. "), tok.encode("The sea is calm and blue.") + [tok.eos_token_id]
+    rm = SegmentRewardModel.from_pretrained(path)
+    delta, _ = rm.score_token_ids([p], [r], reward_form="delta", normalize=False)
+    value, _ = rm.score_token_ids([p], [r], reward_form="value", normalize=False)
+    assert not torch.allclose(delta, value)
+    got = plugin.SegmentRMTokenRewards(path, reward_form="delta", normalize=False, clamp=None)(p, r)
+    torch.testing.assert_close(got, delta[0, : len(r)], atol=1e-5, rtol=0)
+    fn_out = plugin.segment_rm_token_rewards(p, r, model_path=str(path), reward_form="delta", normalize=False,
+                                             clamp=None)
+    torch.testing.assert_close(fn_out, delta[0, : len(r)], atol=1e-5, rtol=0)
+    # the RM's normaliser was fitted on "value": normalised delta rewards are a clear error
+    with pytest.raises(ValueError, match="fitted on reward_form='value'"):
+        plugin.SegmentRMTokenRewards(path, reward_form="delta")(p, r)
+    with pytest.raises(ValueError, match="reward_form"):
+        plugin.SegmentRMTokenRewards(path, reward_form="diff")
