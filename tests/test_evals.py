@@ -11,6 +11,7 @@ import pytest
 from segrl.evals.sandbox import run_python
 
 CONFIGS = sorted((Path(__file__).parent.parent / "examples" / "configs").glob("eval_*.yaml"))
+FIXTURES = Path(__file__).parent / "fixtures"  # MMLU / GSM8K rows in the Hub formats
 
 
 def _alive(pid: int) -> bool:
@@ -307,13 +308,16 @@ def test_cli_smoke_all_suites(tiny_model_dir, tmp_path, capsys):
     code = main(["eval", "--model_name_or_path", str(tiny_model_dir), "--output_dir", str(out), "--suites", "all",
                  "--limit", "2", "--arith_max_new_tokens", "12", "--humaneval_max_new_tokens", "8",
                  "--rg_max_new_tokens", "8", "--refusal_max_new_tokens", "8", "--progress", "false",
-                 "--rg_tasks", "gsm_symbolic,basic_arithmetic"])
+                 "--rg_tasks", "gsm_symbolic,basic_arithmetic", "--gsm8k_max_new_tokens", "8",
+                 "--gsm8k_num_fewshot", "2",
+                 "--mmlu_dataset", str(FIXTURES / "mmlu"), "--gsm8k_dataset", str(FIXTURES / "gsm8k")])
     assert code == 0
     results = json.loads((out / "eval_results.json").read_text())
-    assert list(results["suites"]) == ["arith", "humaneval", "reasoning_gym", "refusal"]
+    assert list(results["suites"]) == ["arith", "humaneval", "reasoning_gym", "refusal", "mmlu", "gsm8k"]
     m = {s: results["suites"][s]["metrics"] for s in results["suites"]}
     assert m["arith"]["n"] == 2 and m["humaneval"]["n"] == 2 and m["refusal"]["n"] == 2
-    assert m["reasoning_gym"]["n"] == 4  # 2 problems x 2 datasets
+    assert m["reasoning_gym"]["n"] == 4 and m["mmlu"]["n"] == 4  # 2 per dataset / per MMLU subject
+    assert m["gsm8k"]["n"] == 2
     rates = [v for s in m.values() for k, v in s.items() if k not in ("n", "timeouts", "memory_errors")]
     assert rates and all(0.0 <= v <= 1.0 for v in rates)
     assert results["suites"]["arith"]["info"]["chat_template"] is False  # auto = plain text for arith
@@ -330,5 +334,5 @@ def test_cli_smoke_all_suites(tiny_model_dir, tmp_path, capsys):
 def test_cli_rejects_bad_options(tmp_path, capsys):
     from segrl.cli import main
 
-    assert main(["eval", "--model_name_or_path", "x", "--output_dir", str(tmp_path), "--suites", "mmlu"]) == 2
+    assert main(["eval", "--model_name_or_path", "x", "--output_dir", str(tmp_path), "--suites", "mmlux"]) == 2
     assert "`suites`" in capsys.readouterr().err

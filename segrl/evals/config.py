@@ -8,7 +8,7 @@ from typing import Optional
 __all__ = ["SUITES", "EvalConfig"]
 
 #: Suite names, in the order they run.
-SUITES = ("arith", "humaneval", "reasoning_gym", "refusal")
+SUITES = ("arith", "humaneval", "reasoning_gym", "refusal", "mmlu", "gsm8k")
 
 
 def _split(values) -> list[str]:
@@ -28,7 +28,9 @@ class EvalConfig:
         metadata={"help": f"Suites to run (space- or comma-separated, or 'all'): {', '.join(SUITES)}."},
     )
     limit: Optional[int] = field(
-        default=None, metadata={"help": "Cap on the items of every suite (quick runs); None = each suite's size."}
+        default=None,
+        metadata={"help": "Cap on the items of every suite (quick runs; per task for reasoning_gym, per subject "
+                          "for mmlu); None = each suite's size."},
     )
     seed: int = field(default=0, metadata={"help": "Seed of the arith held-out prompts and reasoning-gym problems."})
     batch_size: int = field(default=16, metadata={"help": "Prompts per generate() call."})
@@ -94,6 +96,44 @@ class EvalConfig:
         default=200, metadata={"help": "refusal: the rules judge looks at the first N characters of a reply."}
     )
 
+    # mmlu
+    mmlu_dataset: str = field(
+        default="cais/mmlu",
+        metadata={"help": "mmlu: Hub id or local copy (.json/.jsonl/.parquet/.csv file(s), save_to_disk directory, "
+                          "or a directory of <split>.jsonl / <split>-*.parquet files) with columns question, "
+                          "subject, choices (4), answer (0-3)."},
+    )
+    mmlu_config: Optional[str] = field(default="all", metadata={"help": "mmlu: dataset config (Hub) or subfolder."})
+    mmlu_split: str = field(default="test", metadata={"help": "mmlu: split scored."})
+    mmlu_subjects: list[str] = field(
+        default_factory=list, metadata={"help": "mmlu: subjects to keep (e.g. astronomy); empty = all."}
+    )
+    mmlu_num_fewshot: int = field(
+        default=0, metadata={"help": "mmlu: solved examples per prompt (lm-eval's mmlu default: 0; 5 is common)."}
+    )
+    mmlu_fewshot_dataset: Optional[str] = field(
+        default=None, metadata={"help": "mmlu: where few-shot examples come from (default: mmlu_dataset)."}
+    )
+    mmlu_fewshot_split: str = field(default="dev", metadata={"help": "mmlu: split of the few-shot examples."})
+
+    # gsm8k
+    gsm8k_dataset: str = field(
+        default="openai/gsm8k",
+        metadata={"help": "gsm8k: Hub id or local copy (as for mmlu_dataset) with columns question and answer "
+                          "(reasoning ending in '#### <number>')."},
+    )
+    gsm8k_config: Optional[str] = field(default="main", metadata={"help": "gsm8k: dataset config (Hub) or subfolder."})
+    gsm8k_split: str = field(default="test", metadata={"help": "gsm8k: split scored."})
+    gsm8k_num_fewshot: int = field(default=5, metadata={"help": "gsm8k: solved examples per prompt (lm-eval: 5)."})
+    gsm8k_fewshot_dataset: Optional[str] = field(
+        default=None, metadata={"help": "gsm8k: where few-shot examples come from (default: gsm8k_dataset)."}
+    )
+    gsm8k_fewshot_split: str = field(default="train", metadata={"help": "gsm8k: split of the few-shot examples."})
+    gsm8k_fewshot_seed: int = field(
+        default=1234, metadata={"help": "gsm8k: seed of the few-shot draw (1234 = lm-eval's)."}
+    )
+    gsm8k_max_new_tokens: int = field(default=256, metadata={"help": "gsm8k: generation budget (lm-eval: 256)."})
+
     def __post_init__(self):
         suites = _split(self.suites)
         self.suites = list(SUITES) if suites == ["all"] else suites
@@ -101,6 +141,12 @@ class EvalConfig:
         if unknown or not self.suites:
             raise ValueError(f"`suites` must be 'all' or names from {SUITES}, got {self.suites!r}")
         self.rg_tasks = _split(self.rg_tasks)
+        self.mmlu_subjects = _split(self.mmlu_subjects)
+        for name in ("mmlu_num_fewshot", "gsm8k_num_fewshot"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)}")
+        if self.gsm8k_max_new_tokens < 1:
+            raise ValueError(f"`gsm8k_max_new_tokens` must be >= 1, got {self.gsm8k_max_new_tokens}")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"`limit` must be >= 1 or None, got {self.limit}")
         if self.batch_size < 1:

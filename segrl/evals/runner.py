@@ -15,11 +15,16 @@ from segrl.evals.report import write_report
 __all__ = ["run_eval"]
 
 
+def _chat_only_if_true(cfg: EvalConfig, tokenizer) -> bool:
+    # "auto" means plain text: arith trains on plain text, and lm-eval scores MMLU / GSM8K on plain
+    # text unless told to apply the chat template.
+    return str(cfg.chat_template).lower() == "true" and uses_chat_template(tokenizer, "true")
+
+
 def _arith(cfg: EvalConfig, gen: Generator, tokenizer):
     from segrl.evals.arith import evaluate_arith
 
-    # "auto" means plain text here: make_sft_data trains on plain text, whatever the tokenizer offers.
-    chat = str(cfg.chat_template).lower() == "true" and uses_chat_template(tokenizer, "true")
+    chat = _chat_only_if_true(cfg, tokenizer)
     metrics, samples = evaluate_arith(gen, n=cfg.capped(cfg.arith_n), seed=cfg.seed, min_terms=cfg.arith_min_terms,
                                       max_terms=cfg.arith_max_terms, max_new_tokens=cfg.arith_max_new_tokens, chat=chat)
     return metrics, samples, {"chat_template": chat}
@@ -58,7 +63,32 @@ def _refusal(cfg: EvalConfig, gen: Generator, tokenizer):
                               "threshold": judge.threshold}
 
 
-_RUNNERS = {"arith": _arith, "humaneval": _humaneval, "reasoning_gym": _reasoning_gym, "refusal": _refusal}
+def _mmlu(cfg: EvalConfig, gen: Generator, tokenizer):
+    from segrl.evals.mmlu import evaluate_mmlu
+
+    chat = _chat_only_if_true(cfg, tokenizer)
+    metrics, samples = evaluate_mmlu(gen, dataset=cfg.mmlu_dataset, config=cfg.mmlu_config, split=cfg.mmlu_split,
+                                     subjects=cfg.mmlu_subjects, num_fewshot=cfg.mmlu_num_fewshot,
+                                     fewshot_dataset=cfg.mmlu_fewshot_dataset, fewshot_split=cfg.mmlu_fewshot_split,
+                                     limit=cfg.capped(None), chat=chat)
+    return metrics, samples, {"chat_template": chat, "dataset": cfg.mmlu_dataset, "split": cfg.mmlu_split,
+                              "num_fewshot": cfg.mmlu_num_fewshot}
+
+
+def _gsm8k(cfg: EvalConfig, gen: Generator, tokenizer):
+    from segrl.evals.gsm8k import evaluate_gsm8k
+
+    chat = _chat_only_if_true(cfg, tokenizer)
+    metrics, samples = evaluate_gsm8k(gen, dataset=cfg.gsm8k_dataset, config=cfg.gsm8k_config, split=cfg.gsm8k_split,
+                                      num_fewshot=cfg.gsm8k_num_fewshot, fewshot_dataset=cfg.gsm8k_fewshot_dataset,
+                                      fewshot_split=cfg.gsm8k_fewshot_split, fewshot_seed=cfg.gsm8k_fewshot_seed,
+                                      limit=cfg.capped(None), max_new_tokens=cfg.gsm8k_max_new_tokens, chat=chat)
+    return metrics, samples, {"chat_template": chat, "dataset": cfg.gsm8k_dataset, "split": cfg.gsm8k_split,
+                              "num_fewshot": cfg.gsm8k_num_fewshot}
+
+
+_RUNNERS = {"arith": _arith, "humaneval": _humaneval, "reasoning_gym": _reasoning_gym, "refusal": _refusal,
+            "mmlu": _mmlu, "gsm8k": _gsm8k}
 
 
 def run_eval(cfg: EvalConfig) -> dict:
