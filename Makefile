@@ -10,7 +10,7 @@ export HF_DATASETS_OFFLINE=1
 export TOKENIZERS_PARALLELISM=false
 export DS_BUILD_OPS=0
 
-.PHONY: venv demo test test-fast test-verl check-distributed check-deepspeed bench clean
+.PHONY: venv demo test test-fast test-verl check-distributed check-deepspeed bench clean compat mutation
 
 venv: $(STAMP)
 
@@ -49,5 +49,14 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_dpo.py $(BENCH_ARGS)
 	$(PY) benchmarks/bench_ppo.py $(BENCH_ARGS)
 
+# Trainer parity tests against the lowest and highest TRL the pin allows (.venv-compat-lo / -hi).
+compat:
+	scripts/check_trl_compat.sh $(COMPAT_ARGS)
+
+# Mutation testing with mutmut (slow, not in CI). Defaults: segrl/ops + trainer glue; narrow with e.g.
+# make mutation MUTATE=segrl/ops/asr.py TESTS="tests/test_ops_hand.py tests/test_ops_properties.py"
+mutation: $(STAMP)
+	VENV=$(VENV) $(if $(MUTATE),MUTATE="$(MUTATE)") $(if $(TESTS),TESTS="$(TESTS)") scripts/mutation.sh
+
 clean:
-	rm -rf $(VENV) $(VENV_VERL) runs build *.egg-info
+	rm -rf $(VENV) $(VENV_VERL) .venv-compat-lo .venv-compat-hi .mutation runs build *.egg-info
