@@ -33,6 +33,16 @@ class FakeGenerator:
         return [self.answer(p) for p in prompts]
 
 
+def _scorer(model, tokenizer, batch_size=8):
+    """What the MMLU suite uses of a Generator (model, tokenizer, batch size, chat formatting), without
+    its left-padding requirement (the shared tiny tokenizer pads on the right and is not changed)."""
+    from segrl.evals.generation import Generator
+
+    attrs = {"model": model, "tokenizer": tokenizer, "batch_size": batch_size, "progress": False,
+             "format": Generator.format}
+    return type("Scorer", (), attrs)()
+
+
 def _rows(path):
     return [json.loads(line) for line in Path(path).read_text().splitlines()]
 
@@ -191,7 +201,7 @@ def test_mmlu_loglikelihood_choice_by_hand(tiny_tokenizer):
     # log P(" C") = log P(Ġ | :) + log P(C | Ġ) = log(0.6 * 0.25)
     assert got == pytest.approx([math.log(0.1), math.log(0.2), math.log(0.15), math.log(0.3)], abs=1e-5)
 
-    gen = type("Gen", (), {"model": model, "tokenizer": tiny_tokenizer, "batch_size": 5, "progress": False})()
+    gen = _scorer(model, tiny_tokenizer, batch_size=5)
     metrics, samples = evaluate_mmlu(gen, dataset=str(MMLU))
     assert {s["pred"] for s in samples} == {"D"}  # D = log 0.3 beats B = log 0.2, summed over its two tokens
     answers = [s["answer"] for s in samples]  # fixture answers: B C A D | B C A D
@@ -254,7 +264,7 @@ def test_loglikelihoods_match_one_sequence_at_a_time(tiny_lm, tiny_tokenizer):
 def test_mmlu_few_shot_uses_dev_examples_of_the_same_subject(tiny_lm, tiny_tokenizer, tmp_path):
     from segrl.evals.mmlu import build_prompt, evaluate_mmlu, load_mmlu, loglikelihoods
 
-    gen = type("Gen", (), {"model": tiny_lm, "tokenizer": tiny_tokenizer, "batch_size": 8, "progress": False})()
+    gen = _scorer(tiny_lm, tiny_tokenizer)
     metrics, samples = evaluate_mmlu(gen, dataset=str(MMLU), num_fewshot=2)
     test, dev = load_mmlu(str(MMLU), "test"), load_mmlu(str(MMLU), "dev")
     prompt = build_prompt(test[5], [d for d in dev if d["subject"] == "astronomy"])
@@ -270,6 +280,19 @@ def test_mmlu_few_shot_uses_dev_examples_of_the_same_subject(tiny_lm, tiny_token
         [x for s in samples for x in s["loglikelihoods"]], abs=1e-5)
     with pytest.raises(ValueError, match="only 2 example\\(s\\) of 'astronomy'"):
         evaluate_mmlu(gen, dataset=str(MMLU), num_fewshot=3)
+
+
+def test_mmlu_chat_template_scores_letters_after_the_assistant_turn(tiny_lm, tiny_tokenizer):
+    from segrl.evals.mmlu import build_prompt, evaluate_mmlu, load_mmlu, loglikelihoods
+
+    _, samples = evaluate_mmlu(_scorer(tiny_lm, tiny_tokenizer), dataset=str(MMLU), subjects=["astronomy"], limit=1, chat=True)
+    row = load_mmlu(str(MMLU), "test", subjects=["astronomy"], limit=1)[0]
+    context = tiny_tokenizer.apply_chat_template([{"role": "user", "content": build_prompt(row)}], tokenize=False,
+                                                 add_generation_prompt=True)
+    assert context.endswith("<|im_start|>assistant\n")
+    # lm-eval drops the space before the letter under a chat template; the template holds the specials
+    expected = loglikelihoods(tiny_lm, tiny_tokenizer, [(context, c) for c in "ABCD"], add_special_tokens=False)
+    assert samples[0]["loglikelihoods"] == pytest.approx(expected, abs=1e-5)
 
 
 # --------------------------------------------------------------------------------------------------
