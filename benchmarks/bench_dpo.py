@@ -201,7 +201,7 @@ def isolated_overhead(args, reps: int = 30) -> dict[str, float]:
     import torch
 
     from segrl.dpo.layout import response_span, to_input_layout
-    from segrl.token_rewards import compute_keep_mask
+    from segrl import ops
 
     trainers = build(args, ["trl", "asr columns"])
     stock, asr = trainers["trl"], trainers["asr columns"]
@@ -222,7 +222,7 @@ def isolated_overhead(args, reps: int = 30) -> dict[str, float]:
 
     def mask_work():
         span = response_span(batch["completion_mask"])
-        kept = compute_keep_mask(batch["token_rewards"], span.mask, sign, asr._mask_options)
+        kept = ops.keep_mask(batch["token_rewards"], span.mask, sign, **asr._mask_options)
         batch["completion_mask"] * to_input_layout(kept.keep, span)
         asr._log_mask_metrics(kept, span.mask, args.pairs)
 

@@ -26,7 +26,11 @@ def main() -> int:
 
     from segrl.pipeline.diagnostics import mask_credit
     from segrl.rm import SegmentRewardModel
-    from segrl.token_rewards import MaskOptions, boundary_token_table
+    from segrl.asr_options import ASRArguments
+    from segrl.token_rewards import boundary_token_table
+
+    def options(mask_type, baseline, delta=0.0):
+        return ASRArguments(mask_type=mask_type, asr_baseline=baseline, asr_delta=delta)
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir")
@@ -52,13 +56,15 @@ def main() -> int:
     rng = random.Random(0)
     noise = {s: [[rng.gauss(0, 1) for _ in v] for v in rewards[s]] for s in rewards}
     variants = [
-        (f"ASR, sequence mean, delta {args.delta:g}", rewards, MaskOptions("asr", "sequence_mean", args.delta)),
-        ("ASR, sequence mean, delta 0 (= token-wise)", rewards, MaskOptions("asr", "sequence_mean", 0.0)),
-        (f"ASR, batch mean, delta {args.delta:g}", rewards, MaskOptions("asr", "batch_mean", args.delta)),
-        ("step-wise, sequence mean", rewards, MaskOptions("stepwise", "sequence_mean")),
-        ("random rewards, token-wise", noise, MaskOptions("tokenwise", "sequence_mean")),
-        ("oracle, ASR, zero baseline", oracle, MaskOptions("asr", "zero", args.delta)),
-        ("oracle, token-wise, zero baseline", oracle, MaskOptions("tokenwise", "zero")),
+        (f"ASR, sequence mean, delta {args.delta:g}", rewards, options("asr", "sequence_mean", args.delta)),
+        ("ASR, sequence mean, delta 0 (= token-wise)", rewards, options("asr", "sequence_mean", 0.0)),
+        ("ASR, sequence mean, delta auto (q 0.3)", rewards, options("asr", "sequence_mean", "auto")),
+        ("ASR, position mean, delta auto (q 0.3)", rewards, options("asr", "position_mean", "auto")),
+        (f"ASR, batch mean, delta {args.delta:g}", rewards, options("asr", "batch_mean", args.delta)),
+        ("step-wise, sequence mean", rewards, options("stepwise", "sequence_mean")),
+        ("random rewards, token-wise", noise, options("tokenwise", "sequence_mean")),
+        ("oracle, ASR, zero baseline", oracle, options("asr", "zero", args.delta)),
+        ("oracle, token-wise, zero baseline", oracle, options("tokenwise", "zero")),
     ]
     print(f"{len(rows)} training pairs of {seed_dir}; kept fraction by oracle class")
     print("| mask | chosen: agree | chosen: disagree | chosen: unlabelled | rejected: agree | rejected: disagree | "

@@ -1,16 +1,7 @@
-"""Token-reward sources and the keep-mask variants shared by ASR-DPO and ASR rejection sampling.
+"""Token-reward sources shared by ASR-DPO and ASR rejection sampling.
 
-Two halves:
-
-**Masks** (:class:`MaskOptions`, :func:`compute_keep_mask`): one entry point for the four
-segmenters the paper compares (arXiv 2411.00809, SPEC §1), all computed with :mod:`segrl.ops`:
-
-- ``"asr"``: hysteresis segments (baseline ``b``, half-width ``delta``), keep the segments whose
-  state agrees with the sequence sign (:func:`segrl.ops.asr_segments`);
-- ``"tokenwise"``: per-token ``sign(r_t - b)`` (:func:`segrl.ops.tokenwise_mask`);
-- ``"stepwise"``: segments cut after punctuation / newline tokens, each signed by its mean reward
-  (:func:`segrl.ops.stepwise_mask`); boundaries come from :func:`boundary_token_table`;
-- ``"none"``: sample-wise, i.e. every response token (vanilla DPO / plain rejection sampling).
+The keep masks themselves are :func:`segrl.ops.keep_mask` (options: :class:`segrl.asr_options.ASRArguments`);
+:func:`boundary_token_table` gives the step ends of ``kind="stepwise"``.
 
 **Sources** of token rewards, each producing one float per completion token *as TRL tokenised the
 completion* (so ``len == len(chosen_ids)``, EOS included):
@@ -31,168 +22,27 @@ import math
 import os
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 
-from segrl.ops import parse_baseline as ops_parse_baseline
-from segrl.ops import (
-    asr_segments,
-    resolve_baseline,
-    segment_counts,
-    step_segment_ids,
-    stepwise_mask,
-    tokenwise_mask,
-)
+from segrl.asr_options import DEFAULT_BOUNDARY_CHARS
 
 __all__ = [
     "DEFAULT_BOUNDARY_CHARS",
-    "MASK_TYPES",
     "TOKEN_REWARD_SOURCES",
     "ImplicitTokenRewards",
-    "KeepMask",
-    "MaskOptions",
     "add_token_reward_columns",
     "align_token_rewards",
     "boundary_token_table",
     "check_same_tokenizer",
-    "compute_keep_mask",
-    "parse_baseline",
 ]
 
-MASK_TYPES = ("asr", "tokenwise", "stepwise", "none")
 TOKEN_REWARD_SOURCES = ("columns", "segment_rm", "implicit")
-#: A token whose decoded text contains any of these ends a step (step-wise segmentation).
-DEFAULT_BOUNDARY_CHARS = ".!?;:\n"
 
 
 # --------------------------------------------------------------------------------------------------
-# Mask options and the keep mask
+# Step boundaries (for segrl.ops.keep_mask(kind="stepwise"))
 # --------------------------------------------------------------------------------------------------
-
-
-def parse_baseline(value) -> str | float:
-    """A baseline option as the core ops take it (see :func:`segrl.ops.parse_baseline`)."""
-    return ops_parse_baseline(value, "asr_baseline")
-
-
-@dataclass(frozen=True)
-class MaskOptions:
-    """Which tokens of a response are trained on (SPEC §1).
-
-    Attributes:
-        mask_type: ``"asr"`` | ``"tokenwise"`` | ``"stepwise"`` | ``"none"`` (sample-wise).
-        baseline: ``"batch_mean"`` | ``"sequence_mean"`` | ``"zero"`` | a float.
-        delta: hysteresis half-width (``"asr"`` only), ``>= 0``.
-        neutral: ``"drop"`` | ``"keep"`` undecided (state 0) tokens.
-        empty: ``"full"`` (a row whose mask would be empty keeps its whole response) | ``"none"``.
-    """
-
-    mask_type: str = "asr"
-    baseline: str | float = "batch_mean"
-    delta: float = 0.0
-    neutral: str = "drop"
-    empty: str = "full"
-
-    def __post_init__(self):
-        if self.mask_type not in MASK_TYPES:
-            raise ValueError(f"`mask_type` must be one of {MASK_TYPES}, got {self.mask_type!r}")
-        object.__setattr__(self, "baseline", parse_baseline(self.baseline))
-        if isinstance(self.delta, bool) or not isinstance(self.delta, (int, float)) or not (
-            math.isfinite(self.delta) and self.delta >= 0
-        ):
-            raise ValueError(f"`asr_delta` must be a finite number >= 0, got {self.delta!r}")
-        if self.neutral not in ("drop", "keep"):
-            raise ValueError(f"`asr_neutral` must be 'drop' or 'keep', got {self.neutral!r}")
-        if self.empty not in ("full", "none"):
-            raise ValueError(f"`asr_empty` must be 'full' or 'none', got {self.empty!r}")
-
-    @property
-    def needs_rewards(self) -> bool:
-        return self.mask_type != "none"
-
-
-@dataclass
-class KeepMask:
-    """A keep mask and what it was derived from. Rows are responses (SPEC §0 layout).
-
-    Attributes:
-        keep: tokens that enter the loss. Shape: (N, T), bool.
-        segment_ids: the segments the mask was decided on (``-1`` outside), or ``None`` for the
-            token-wise mask, which has no segments. Shape: (N, T), long.
-        fallback: rows whose mask was empty and (with ``empty="full"``) fell back to the whole
-            response. Shape: (N,), bool.
-        baseline: the resolved baseline of each row. Shape: (N,), float64.
-    """
-
-    keep: torch.Tensor
-    segment_ids: torch.Tensor | None
-    fallback: torch.Tensor
-    baseline: torch.Tensor
-
-    def summary(self, mask: torch.Tensor) -> torch.Tensor:
-        """Counts for logging, summed over rows (so they can be gathered and added across processes).
-
-        Returns a float64 vector ``[kept tokens, response tokens, segments, tokens in segments,
-        fallback rows, rows, baseline sum]``. Shape: (7,).
-        """
-        mask = mask.bool()
-        if self.segment_ids is None:
-            segments = torch.zeros((), device=mask.device)
-            in_segments = torch.zeros((), device=mask.device)
-        else:
-            segments = segment_counts(self.segment_ids).sum()
-            in_segments = (self.segment_ids >= 0).sum()
-        rows = mask.any(dim=1)
-        return torch.stack([
-            self.keep.sum(), mask.sum(), segments, in_segments, (self.fallback & rows).sum(), rows.sum(),
-            self.baseline.sum(),
-        ]).double()
-
-
-def compute_keep_mask(rewards: torch.Tensor, mask: torch.Tensor, seq_sign: torch.Tensor, options: MaskOptions,
-                      is_boundary: torch.Tensor | None = None) -> KeepMask:
-    """The keep mask of ``options.mask_type`` for a batch of responses.
-
-    The baseline is resolved over the whole batch passed in (for DPO: all 2B chosen and rejected
-    rows together), on detached rewards.
-
-    Args:
-        rewards: token rewards. Shape: (N, T). Ignored (may be ``None``) for ``"none"``.
-        mask: valid response tokens, right-padded. Shape: (N, T).
-        seq_sign: +1 / -1 per row (DPO: chosen +1, rejected -1; rejection sampling: +1). Shape: (N,).
-        options: the mask variant and its parameters.
-        is_boundary: step ends, required for ``"stepwise"``. Shape: (N, T), bool.
-
-    Returns:
-        :class:`KeepMask`.
-    """
-    mask = mask.bool()
-    n_rows = mask.shape[0]
-    no_fallback = torch.zeros(n_rows, dtype=torch.bool, device=mask.device)
-    if options.mask_type == "none":
-        # Sample-wise: the whole response is one segment.
-        ids = torch.where(mask, 0, -1).long()
-        return KeepMask(mask, ids, no_fallback, torch.zeros(n_rows, dtype=torch.float64, device=mask.device))
-    if rewards is None:
-        raise ValueError(f"mask_type={options.mask_type!r} needs token rewards, got None")
-    common = dict(baseline=options.baseline, neutral=options.neutral)
-    if options.mask_type == "asr":
-        res = asr_segments(rewards, mask, seq_sign, delta=options.delta, empty=options.empty, **common)
-        return KeepMask(res.keep, res.segment_ids, res.fallback, res.baseline)
-    # The token- and step-wise ops fold the empty-row fallback in; ask for the raw mask so the
-    # fallback rows can be counted, then apply the same rule (SPEC §1 "empty").
-    if options.mask_type == "tokenwise":
-        raw = tokenwise_mask(rewards, mask, seq_sign, empty="none", **common)
-        segment_ids = None
-    else:
-        if is_boundary is None:
-            raise ValueError("mask_type='stepwise' needs `is_boundary` (step-end tokens)")
-        raw = stepwise_mask(rewards, mask, is_boundary, seq_sign, empty="none", **common)
-        segment_ids = step_segment_ids(is_boundary, mask)
-    fallback = mask.any(dim=1) & ~raw.any(dim=1)
-    keep = torch.where(fallback[:, None], mask, raw) if options.empty == "full" else raw
-    return KeepMask(keep, segment_ids, fallback, resolve_baseline(rewards, mask, options.baseline))
 
 
 def boundary_token_table(tokenizer, chars: str = DEFAULT_BOUNDARY_CHARS) -> torch.Tensor:

@@ -12,7 +12,8 @@ from datasets import Dataset
 from segrl.dpo import ASRDPOConfig, ASRDPOTrainer
 from segrl.models.tiny import build_tiny_causal_lm, build_tiny_tokenizer, make_tiny_model_dir
 from segrl.models.tiny_data import load_tiny_prefs
-from segrl.token_rewards import MaskOptions, align_token_rewards, boundary_token_table, compute_keep_mask
+from segrl.ops import keep_mask
+from segrl.token_rewards import align_token_rewards, boundary_token_table
 
 COMMON = dict(
     output_dir=os.path.join(tempfile.gettempdir(), "segrl-test-dpo"),  # replaced per module below
@@ -236,21 +237,21 @@ def test_boundary_table_marks_punctuation_and_newlines(tiny):
         assert not table[tid], text
 
 
-def test_compute_keep_mask_variants_hand_values():
+def test_keep_mask_variants_hand_values():
     r = torch.tensor([[1.0, -1.0, 0.5, -2.0]])
     m = torch.ones_like(r, dtype=torch.bool)
     plus = torch.tensor([1])
-    assert compute_keep_mask(r, m, plus, MaskOptions("none")).keep.tolist() == [[True] * 4]
-    km = compute_keep_mask(r, m, plus, MaskOptions("tokenwise", baseline="zero"))
+    assert keep_mask(r, m, plus, kind="none").keep.tolist() == [[True] * 4]
+    km = keep_mask(r, m, plus, kind="tokenwise", baseline="zero")
     assert km.keep.tolist() == [[True, False, True, False]] and km.segment_ids is None
     boundary = torch.tensor([[False, True, False, False]])  # steps: [0, 1] and [2, 3]; means 0 and -0.75
-    km = compute_keep_mask(r, m, plus, MaskOptions("stepwise", baseline=-0.1), boundary)
+    km = keep_mask(r, m, plus, kind="stepwise", baseline=-0.1, is_boundary=boundary)
     assert km.keep.tolist() == [[True, True, False, False]]
-    km = compute_keep_mask(r, m, torch.tensor([-1]), MaskOptions("stepwise", baseline=5.0), boundary)
+    km = keep_mask(r, m, torch.tensor([-1]), kind="stepwise", baseline=5.0, is_boundary=boundary)
     assert km.keep.tolist() == [[True] * 4] and km.fallback.tolist() == [False]
-    km = compute_keep_mask(r, m, plus, MaskOptions("tokenwise", baseline=5.0))
+    km = keep_mask(r, m, plus, kind="tokenwise", baseline=5.0)
     assert km.keep.tolist() == [[True] * 4] and km.fallback.tolist() == [True]
-    km = compute_keep_mask(r, m, plus, MaskOptions("tokenwise", baseline=5.0, empty="none"))
+    km = keep_mask(r, m, plus, kind="tokenwise", baseline=5.0, empty="none")
     assert km.keep.tolist() == [[False] * 4]
 
 
@@ -258,7 +259,7 @@ def test_compute_keep_mask_variants_hand_values():
     (dict(mask_type="segment"), "`mask_type` must be one of"),
     (dict(asr_baseline="median"), "`asr_baseline` must be one of"),
     (dict(asr_baseline="nan"), "`asr_baseline` must be finite"),
-    (dict(asr_delta=-0.1), "`asr_delta` must be a finite number >= 0"),
+    (dict(asr_delta=-0.1), "`asr_delta` must be 'auto' or a finite number >= 0"),
     (dict(asr_neutral="maybe"), "`asr_neutral`"),
     (dict(asr_empty="drop"), "`asr_empty`"),
     (dict(token_reward_source="oracle"), "`token_reward_source` must be one of"),

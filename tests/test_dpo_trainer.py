@@ -120,7 +120,8 @@ def test_full_mask_equals_trl(tiny, settings):
     """mask_type='none', and an ASR mask that keeps every token, give TRL's loss and gradients."""
     stock = _loss_and_grads(_trainer(tiny, tiny[3], cls=DPOTrainer, cfg_cls=DPOConfig, **settings))
     _assert_same(stock, _loss_and_grads(_trainer(tiny, tiny[3], mask_type="none", **settings)))
-    full = _trainer(tiny, _full_mask_rows(tiny[3]), mask_type="asr", asr_baseline="batch_mean", **settings)
+    full = _trainer(tiny, _full_mask_rows(tiny[3]), mask_type="asr", asr_baseline="batch_mean", asr_delta=0.0,
+                    **settings)
     _assert_same(stock, _loss_and_grads(full))
     assert full._metrics["eval"]["asr/kept_token_fraction_chosen"] == [1.0]
     assert full._metrics["eval"]["asr/kept_token_fraction_rejected"] == [1.0]
@@ -128,7 +129,8 @@ def test_full_mask_equals_trl(tiny, settings):
 
 def test_full_mask_precomputed_reference_equals_trl(tiny):
     stock = _trainer(tiny, tiny[3], cls=DPOTrainer, cfg_cls=DPOConfig, precompute_ref_log_probs=True)
-    asr = _trainer(tiny, _full_mask_rows(tiny[3]), precompute_ref_log_probs=True)
+    asr = _trainer(tiny, _full_mask_rows(tiny[3]), precompute_ref_log_probs=True, asr_baseline="batch_mean",
+                   asr_delta=0.0)
     _assert_same(_loss_and_grads(stock), _loss_and_grads(asr), atol=1e-5)
 
 
@@ -171,7 +173,7 @@ def _expected_keep(trainer, rows_idx, **mask_kw):
 def test_masked_loss_matches_hand_computation(tiny, loss_type):
     """Masked sums for policy and reference, and (ipo / sigmoid_norm) the kept-token count."""
     beta, delta = 0.1, 0.3
-    trainer = _trainer(tiny, tiny[3], loss_type=[loss_type], asr_delta=delta, beta=beta)
+    trainer = _trainer(tiny, tiny[3], loss_type=[loss_type], asr_baseline="batch_mean", asr_delta=delta, beta=beta)
     loss, _ = _loss_and_grads(trainer)
     idx = list(range(BATCH))
     keep = _expected_keep(trainer, idx, baseline="batch_mean", delta=delta)
@@ -193,7 +195,7 @@ def test_masked_loss_matches_hand_computation(tiny, loss_type):
 
 def test_masked_positions_get_exactly_zero_gradient(tiny):
     """The final hidden state at a masked position feeds only its own (discarded) log-prob."""
-    trainer = _trainer(tiny, tiny[3], asr_delta=0.3)
+    trainer = _trainer(tiny, tiny[3], asr_baseline="batch_mean", asr_delta=0.3)
     captured = {}
 
     def keep_grad(_module, _inputs, output):
@@ -225,7 +227,7 @@ def test_pivot_lands_on_the_right_logprob_index(tiny):
         r["chosen_token_rewards"][k] = 1.0
         r["rejected_token_rewards"] = [-1.0] * len(r["rejected_token_rewards"])
         rows.append(r)
-    trainer = _trainer(tiny, rows, asr_baseline="zero")
+    trainer = _trainer(tiny, rows, asr_baseline="zero", asr_delta=0.0)
     captured = []
     handle = trainer.model.register_forward_hook(lambda m, i, o: captured.append(o.log_probs.detach()))
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(BATCH)])
@@ -300,9 +302,10 @@ def test_training_changes_every_parameter_and_logs_metrics(tiny, tmp_path):
     logs = [h for h in trainer.state.log_history if "loss" in h]
     assert len(logs) == 3
     for key in ("asr/kept_token_fraction_chosen", "asr/kept_token_fraction_rejected", "asr/segments_per_response",
-                "asr/mean_segment_length", "asr/fallbacks", "asr/baseline"):
+                "asr/mean_segment_length", "asr/fallbacks", "asr/baseline", "asr/delta"):
         assert all(key in h and math.isfinite(h[key]) for h in logs), key
     assert all(0 < h["asr/kept_token_fraction_chosen"] < 1 for h in logs)
+    assert all(h["asr/delta"] == 0.2 for h in logs)
     (evals,) = [h for h in trainer.state.log_history if "eval_loss" in h]
     assert 0 < evals["eval_asr/kept_token_fraction_rejected"] < 1 and "eval_asr/fallbacks" in evals
 
@@ -315,11 +318,11 @@ def test_empty_mask_fallback_is_counted(tiny):
         r["chosen_token_rewards"] = [-1.0] * len(r["chosen_token_rewards"])
         r["rejected_token_rewards"] = [1.0] * len(r["rejected_token_rewards"])
         rows.append(r)
-    full = _trainer(tiny, rows, asr_baseline="zero")
+    full = _trainer(tiny, rows, asr_baseline="zero", asr_delta=0.0)
     _loss_and_grads(full)
     assert full._metrics["eval"]["asr/fallbacks"] == [2.0 * BATCH]
     assert full._metrics["eval"]["asr/kept_token_fraction_chosen"] == [1.0]
-    empty = _trainer(tiny, rows, asr_baseline="zero", asr_empty="none")
+    empty = _trainer(tiny, rows, asr_baseline="zero", asr_delta=0.0, asr_empty="none")
     loss, _ = _loss_and_grads(empty)
     assert loss.item() == pytest.approx(math.log(2), abs=1e-6)  # every log-ratio is 0
 
@@ -338,3 +341,91 @@ def test_peft_precomputed_reference_equals_on_the_fly(tiny):
         losses.append(_loss_and_grads(trainer)[0])
     assert losses[0].item() == pytest.approx(losses[1].item(), abs=1e-5)
     assert abs(losses[0].item() - math.log(2)) > 1e-4  # the adapter moved the policy away from the reference
+
+
+# ----------------------------------------------------------------------------------------------
+# asr_delta="auto": resolved once over the training set, never per micro-batch
+# ----------------------------------------------------------------------------------------------
+
+
+def _all_rewards(trainer):
+    lists = [ex[f"{side}_token_rewards"] for side in ("chosen", "rejected") for ex in trainer.train_dataset]
+    width = max(map(len, lists))
+    rewards = torch.zeros(len(lists), width)
+    mask = torch.zeros(len(lists), width, dtype=torch.bool)
+    for i, r in enumerate(lists):
+        rewards[i, : len(r)] = torch.tensor(r)
+        mask[i, : len(r)] = True
+    return rewards, mask
+
+
+def test_auto_delta_is_resolved_once_over_the_training_set(tiny):
+    trainer = _trainer(tiny, tiny[3])  # defaults: sequence_mean, delta "auto", q 0.3
+    rewards, mask = _all_rewards(trainer)  # 8 pairs, far below the 100k-token sample cap: the whole set
+    want = ops.resolve_delta(rewards, mask, "sequence_mean", "auto", 0.3)
+    assert trainer.asr_delta == pytest.approx(want, rel=1e-6) and want > 0
+    # The first micro-batch alone would give another delta; the mask must use the training-set one.
+    idx = list(range(BATCH))
+    batch_r = rewards[[*idx, *(i + N_ROWS for i in idx)]]
+    batch_m = mask[[*idx, *(i + N_ROWS for i in idx)]]
+    per_batch = ops.resolve_delta(batch_r, batch_m, "sequence_mean", "auto", 0.3)
+    assert per_batch != pytest.approx(want, rel=1e-3), "the test needs a batch whose own delta differs"
+    captured = []
+    handle = trainer.model.register_forward_hook(lambda m, i, o: captured.append(o.log_probs.detach()))
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in idx])
+    trainer.compute_loss(trainer.model, batch)
+    handle.remove()
+    keep = _expected_keep(trainer, idx, baseline="sequence_mean", delta=want)
+    other = _expected_keep(trainer, idx, baseline="sequence_mean", delta=per_batch)
+    assert any(not torch.equal(a, b) for a, b in zip(keep, other)), "the two deltas must give different masks"
+    for i, k in enumerate(keep):
+        start = len(trainer.train_dataset[i % BATCH]["prompt_ids"])
+        assert torch.equal(captured[0][i, start - 1: start - 1 + len(k)] != 0, k), i
+    assert trainer._metrics["eval"]["asr/delta"] == [trainer.asr_delta]
+
+
+def test_auto_delta_sample_is_seeded_and_capped(tiny, monkeypatch):
+    import segrl.dpo.trainer as dpo_trainer
+
+    trainer = _trainer(tiny, tiny[3])
+    monkeypatch.setattr(dpo_trainer, "DELTA_SAMPLE_TOKENS", 40)
+    r1, m1 = trainer._sample_token_rewards(trainer.train_dataset)
+    r2, m2 = trainer._sample_token_rewards(trainer.train_dataset)
+    assert torch.equal(r1, r2) and torch.equal(m1, m2)  # same seed, same sample
+    assert 0 < int(m1.sum()) <= 40 or m1.shape[0] == 2  # at most the cap (one pair at least)
+    assert m1.shape[0] % 2 == 0 and m1.shape[0] < 2 * N_ROWS
+
+
+def test_float_delta_still_works(tiny):
+    trainer = _trainer(tiny, tiny[3], asr_delta=0.25)
+    assert trainer.asr_delta == 0.25 and trainer._mask_options["delta"] == 0.25
+
+
+# ----------------------------------------------------------------------------------------------
+# truncation_mode
+# ----------------------------------------------------------------------------------------------
+
+
+def test_keep_end_truncation_keeps_the_last_token_rewards(tiny):
+    """Guards the injected bug "DPO `truncation_mode` keep_end handled as keep_start".
+
+    With ``keep_end`` TRL keeps the *end* of prompt + completion, so a completion longer than
+    ``max_length`` keeps its last tokens; its per-token columns (token rewards, reference
+    log-probs) must then be the last values of each list, not the first. The trainer must also hand
+    its ``truncation_mode`` to the collator.
+    """
+    from trl.trainer.dpo_trainer import DataCollatorForPreference
+
+    from segrl.dpo.collator import DataCollatorForASRPreference
+
+    examples = [{"prompt_ids": [1, 2], "chosen_ids": [10, 11, 12, 13, 14, 15], "rejected_ids": [20, 21, 22],
+                 "chosen_token_rewards": [0.0, 1.0, 2.0, 3.0, 4.0, 5.0], "rejected_token_rewards": [6.0, 7.0, 8.0]}]
+    for mode, chosen, rejected in (("keep_end", [1.0, 2.0, 3.0, 4.0, 5.0], [6.0, 7.0, 8.0]),
+                                   ("keep_start", [0.0, 1.0, 2.0], [6.0, 7.0, 8.0])):
+        base = DataCollatorForPreference(pad_token_id=0, max_length=5, truncation_mode=mode)
+        out = DataCollatorForASRPreference(base, mode)(examples)
+        n_c, n_r = out["completion_mask"].sum(dim=1).tolist()
+        assert out["token_rewards"][0, :n_c].tolist() == chosen, mode
+        assert out["token_rewards"][1, :n_r].tolist() == rejected, mode
+    trainer = _trainer(tiny, tiny[3], max_length=64, truncation_mode="keep_end")
+    assert trainer.data_collator.truncation_mode == "keep_end"

@@ -35,7 +35,8 @@ def test_cli_from_candidates_file(tmp_path):
     code = rs_cmd.main(["--model_name_or_path", str(model_dir), "--candidates_file", str(cands), "--output_dir",
                         str(out), "--max_steps", "2", "--per_device_train_batch_size", "2", "--logging_steps", "1",
                         "--bf16", "false", "--gradient_checkpointing", "false", "--use_cpu", "true",
-                        "--report_to", "none", "--disable_tqdm", "true", "--asr_baseline", "zero"])
+                        "--report_to", "none", "--disable_tqdm", "true", "--asr_baseline", "zero",
+                        "--asr_delta", "0"])
     assert code == 0
     selected = [json.loads(line) for line in open(out / "rs_selected.jsonl")]
     assert [s["title"].split(",")[1].strip() for s in selected] == ["candidate 0", "candidate 0"]

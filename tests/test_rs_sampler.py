@@ -81,7 +81,7 @@ def _records():
 
 
 def test_select_best_with_asr_mask_hand_values(tiny, tmp_path):
-    s = _sampler(tiny, tmp_path, asr_baseline="batch_mean")
+    s = _sampler(tiny, tmp_path, asr_baseline="batch_mean", asr_delta=0.0)
     ds = s.select(_records())
     # best of each prompt: candidate 1 of prompt 0, candidate 0 of prompt 1
     assert ds["score"] == [0.9, 0.7]
@@ -98,6 +98,35 @@ def test_select_best_with_asr_mask_hand_values(tiny, tmp_path):
     assert s.selection_metrics["rs/acceptance_rate"] == pytest.approx(2 / 4)
     selected = [json.loads(line) for line in open(tmp_path / "rs_selected.jsonl")]
     assert selected[0]["kept"] == [True, False] and selected[0]["seq_sign"] == 1
+
+
+def test_auto_delta_is_resolved_over_every_scored_candidate(tiny, tmp_path):
+    s = _sampler(tiny, tmp_path, asr_baseline="batch_mean")  # asr_delta defaults to "auto", q = 0.3
+    ds = s.select(_records())
+    # b = 0.3 (above); |r - b| over all 10 candidate tokens, sorted:
+    # [0.3, 0.3, 0.3, 0.7, 0.7, 1.3, 1.3, 1.7, 2.3, 2.7]; rank 0.3 * 9 = 2.7 -> 0.3 + 0.7 * (0.7 - 0.3) = 0.58.
+    # (Over the two accepted responses only it would be 1.66.)
+    assert s.selection_metrics["asr/delta"] == pytest.approx(0.58)
+    # band [-0.28, 0.88]: [2, -2] -> [+, -]; [-1, 3] -> [-, +]
+    assert ds["kept"] == [[True, False], [False, True]]
+    assert s.selection_metrics["rs/kept_token_fraction"] == pytest.approx(2 / 4)
+
+
+def test_position_mean_baseline_is_resolved_over_every_candidate(tiny, tmp_path):
+    records = _records()
+    s = _sampler(tiny, tmp_path, asr_baseline="position_mean", asr_delta=0.0)
+    ds = s.select(records)
+    every = [tr for r in records for tr in r["token_rewards"]]
+    width = max(map(len, every))
+    rewards = torch.tensor([tr + [0.0] * (width - len(tr)) for tr in every])
+    mask = torch.tensor([[t < len(tr) for t in range(width)] for tr in every])
+    b = ops.position_mean_baseline(rewards, mask)
+    # accepted: candidate 1 of prompt 0 (row 1) and candidate 0 of prompt 1 (row 2)
+    for got, row in zip(ds["kept"], (1, 2)):
+        n = len(every[row])
+        want = ops.asr_mask(rewards[row: row + 1, :n], mask[row: row + 1, :n], torch.tensor([1]),
+                            baseline=b[row: row + 1, :n])
+        assert got == want[0].tolist()
 
 
 def test_select_threshold_and_plain_rs(tiny, tmp_path):
@@ -156,7 +185,8 @@ def test_candidates_file_without_reward_model(tiny, tmp_path):
     records = load_candidates(path, tok)
     assert records[0]["candidate_ids"][0][-1] == tok.eos_token_id
     assert records[0]["token_rewards"][0][-2:] == [-0.5, -0.5]
-    s = _sampler(tiny, tmp_path, rm=None, candidates_file=str(path), asr_baseline="zero")
+    s = _sampler(tiny, tmp_path, rm=None, candidates_file=str(path), asr_baseline="zero",
+                 asr_delta=0.0)
     s.run()
     ds_labels = s.trainer.train_dataset["labels"]
     assert all(lbl[-1] == -100 and lbl[-2] == -100 for lbl in ds_labels)  # last text token and EOS dropped

@@ -109,22 +109,18 @@ class ASRView:
 
 
 def asr_view(rewards, mask, seq_sign, *, baseline="batch_mean", delta=0.0, neutral="drop", empty="full") -> ASRView:
-    """Segments, keep-mask and fallback rows of the ASR rule via the core ops only (SPEC §1, §4).
+    """Segments, keep-mask and fallback rows of the ASR rule: :func:`segrl.ops.keep_mask`'s result.
 
-    Segments are the hysteresis runs; ``kept`` is :func:`segrl.ops.asr_mask` with the same options.
+    Segments are the hysteresis runs. A fallback row is shown so a fully kept rejected row of blue
+    tokens is not mistaken for the rule keeping them on purpose; with ``empty="none"`` nothing falls back.
     """
-    from segrl.ops import asr_mask, hysteresis_states, resolve_baseline, segment_ids_from_states
+    from segrl.ops import keep_mask
 
-    base = resolve_baseline(rewards, mask, baseline)
-    states = hysteresis_states(rewards, mask, base, delta)
-    segment_ids = segment_ids_from_states(states, mask)
-    kept = asr_mask(rewards, mask, seq_sign, baseline=baseline, delta=delta, neutral=neutral, empty=empty)
-    # A fallback row is one the "none" policy would leave empty; shown so a fully kept rejected
-    # row of blue tokens is not mistaken for the rule keeping them on purpose.
-    strict = asr_mask(rewards, mask, seq_sign, baseline=baseline, delta=delta, neutral=neutral, empty="none")
-    fallback = kept.any(dim=1) & ~strict.any(dim=1)
-    center = None if baseline == "sequence_mean" or base.numel() == 0 else float(base[0])
-    return ASRView(segment_ids, kept, fallback, center)
+    res = keep_mask(rewards, mask, seq_sign, baseline=baseline, delta=delta, neutral=neutral, empty=empty)
+    fallback = res.fallback & (empty == "full")
+    per_row = baseline in ("sequence_mean", "position_mean")
+    center = None if per_row or res.baseline.numel() == 0 else float(res.baseline[0])
+    return ASRView(res.segment_ids, res.keep, fallback, center)
 
 
 def row_seq_sign(row: dict, i: int) -> int:

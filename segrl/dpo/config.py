@@ -6,41 +6,33 @@ from dataclasses import dataclass, field
 
 from trl import DPOConfig
 
-from segrl.token_rewards import DEFAULT_BOUNDARY_CHARS, TOKEN_REWARD_SOURCES, MaskOptions
+from segrl.asr_options import ASRArguments
+from segrl.token_rewards import TOKEN_REWARD_SOURCES
 
 SEGMENT_SPREAD_MODES = ("even", "end", "repeat")
 
 
 @dataclass
-class ASRDPOConfig(DPOConfig):
+class ASRDPOConfig(ASRArguments, DPOConfig):
     r"""
     Configuration for [`ASRDPOTrainer`]: TRL's [`~trl.DPOConfig`] plus the Adaptive Segment-level
     Reward (ASR, arXiv 2411.00809) mask.
 
     Every DPO option keeps its meaning. The policy and reference log-probabilities of a response are
-    summed over the kept tokens only, with the **same** mask for both (SPEC §3):
+    summed over the kept tokens only, with the **same** mask for both (docs/method.md#dpo):
     `LP(y) = sum_t m_t log pi(y_t | x, y_<t)`. Chosen rows use sequence sign +1 (keep the segments
-    whose reward is above the baseline), rejected rows -1 (keep those below); the baseline is
-    resolved over all 2B rows of the batch. Loss types that divide by the completion length
+    whose reward is above the baseline), rejected rows -1 (keep those below); a `"batch_mean"` /
+    `"position_mean"` baseline is resolved over all 2B rows of the batch (of every process), and
+    `asr_delta="auto"` once, before the first step, over a seeded sample of at most 100k training
+    tokens (logged as `asr/delta`). Loss types that divide by the completion length
     (`ipo`, `sigmoid_norm`, the `sft` term, WPO weights, `ld_alpha`) see the kept-token count.
 
     Parameters:
         > ASR mask
 
-        mask_type (`str`, *optional*, defaults to `"asr"`):
-            `"asr"` (hysteresis segments), `"tokenwise"`, `"stepwise"` (punctuation / newline
-            segments) or `"none"` (sample-wise: exactly TRL's DPOTrainer).
-        asr_baseline (`str` or `float`, *optional*, defaults to `"batch_mean"`):
-            `"batch_mean"`, `"sequence_mean"`, `"zero"` or a number.
-        asr_delta (`float`, *optional*, defaults to `0.0`):
-            Hysteresis half-width (`"asr"` only).
-        asr_neutral (`str`, *optional*, defaults to `"drop"`):
-            `"drop"` or `"keep"` undecided tokens (state 0).
-        asr_empty (`str`, *optional*, defaults to `"full"`):
-            `"full"`: a response whose mask would be empty keeps its whole response; `"none"`: it stays
-            empty (its log-ratio is then 0).
-        step_boundary_chars (`str`, *optional*, defaults to `".!?;:\n"`):
-            `"stepwise"`: a token whose decoded text contains any of these characters ends a step.
+        mask_type, asr_baseline, asr_delta, asr_delta_quantile, asr_neutral, asr_empty, step_boundary_chars:
+            see [`segrl.asr_options.ASRArguments`] (defaults: `"asr"`, `"sequence_mean"`, `"auto"`, `0.3`,
+            `"drop"`, `"full"`). With `asr_empty="none"` an empty response's log-ratio is 0.
 
         > Token rewards
 
@@ -67,34 +59,6 @@ class ASRDPOConfig(DPOConfig):
             Scale of the implicit reward.
     """
 
-    mask_type: str = field(
-        default="asr",
-        metadata={"help": "Which tokens enter the DPO sums: 'asr' (hysteresis segments agreeing with the "
-                          "preference), 'tokenwise', 'stepwise' (punctuation segments) or 'none' (vanilla DPO).",
-                  "choices": ["asr", "tokenwise", "stepwise", "none"]},
-    )
-    asr_baseline: str = field(
-        default="batch_mean",
-        metadata={"help": "Token-reward baseline b: 'batch_mean' (all valid tokens of the 2B-row batch), "
-                          "'sequence_mean', 'zero' or a number."},
-    )
-    asr_delta: float = field(
-        default=0.0, metadata={"help": "Hysteresis half-width delta >= 0 of the ASR Schmitt trigger."}
-    )
-    asr_neutral: str = field(
-        default="drop",
-        metadata={"help": "Undecided tokens (state 0, inside the band before any decision): 'drop' or 'keep'.",
-                  "choices": ["drop", "keep"]},
-    )
-    asr_empty: str = field(
-        default="full",
-        metadata={"help": "A response whose mask would be empty: 'full' (falls back to all its tokens) or 'none'.",
-                  "choices": ["full", "none"]},
-    )
-    step_boundary_chars: str = field(
-        default=DEFAULT_BOUNDARY_CHARS,
-        metadata={"help": "mask_type='stepwise': a token whose text contains any of these characters ends a step."},
-    )
     token_reward_source: str = field(
         default="columns",
         metadata={"help": "Where token rewards come from: 'columns' (chosen_token_rewards / rejected_token_rewards "
@@ -132,10 +96,7 @@ class ASRDPOConfig(DPOConfig):
     )
 
     def __post_init__(self):
-        super().__post_init__()
-        # Validates mask_type / baseline / delta / neutral / empty and parses a numeric baseline.
-        options = self.mask_options()
-        self.asr_baseline = options.baseline
+        super().__post_init__()  # TRL's checks, then the ASR fields' (ASRArguments)
         if self.token_reward_source not in TOKEN_REWARD_SOURCES:
             raise ValueError(f"`token_reward_source` must be one of {TOKEN_REWARD_SOURCES}, got "
                              f"{self.token_reward_source!r}")
@@ -146,14 +107,8 @@ class ASRDPOConfig(DPOConfig):
             raise ValueError(f"`token_reward_batch_size` must be >= 1, got {self.token_reward_batch_size}")
         if self.token_reward_on_the_fly and self.token_reward_source != "segment_rm":
             raise ValueError("`token_reward_on_the_fly=True` is only supported with token_reward_source='segment_rm'")
-        if self.mask_type == "stepwise" and not self.step_boundary_chars:
-            raise ValueError("`step_boundary_chars` must not be empty for mask_type='stepwise'")
         if self.mask_type != "none" and self.padding_free:
             # The mask is laid out on right-padded [chosen; rejected] rows; a packed batch has no
             # per-response rows to lay it on.
             raise ValueError(f"`padding_free=True` is not supported with mask_type={self.mask_type!r}; set "
                              "padding_free=False")
-
-    def mask_options(self) -> MaskOptions:
-        """The mask fields as :class:`segrl.token_rewards.MaskOptions` (validated)."""
-        return MaskOptions(self.mask_type, self.asr_baseline, self.asr_delta, self.asr_neutral, self.asr_empty)

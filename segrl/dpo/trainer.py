@@ -17,7 +17,6 @@ reference log-prob of every completion token instead (list columns ``ref_chosen_
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import textwrap
 
@@ -32,18 +31,18 @@ from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import get_config_model_id, use_adapter
 
 from segrl._trl_compat import check_trl_compat
+from segrl import ops
 from segrl._distributed import global_baseline
 from segrl.dpo.collator import PER_TOKEN_COLUMNS, DataCollatorForASRPreference
 from segrl.dpo.config import ASRDPOConfig
 from segrl.dpo.layout import from_input_layout, from_logp_layout, response_span, to_input_layout
+from segrl.padding import pad_rows
 from segrl.rewards.segment_rm import SegmentRMRewards
 from segrl.token_rewards import (
     ImplicitTokenRewards,
-    KeepMask,
     add_token_reward_columns,
     align_token_rewards,
     boundary_token_table,
-    compute_keep_mask,
 )
 
 check_trl_compat("dpo")  # fail at import if TRL changed what this module overrides or calls
@@ -56,6 +55,8 @@ _EXTRA_BATCH_KEYS = tuple(key for *_, key in PER_TOKEN_COLUMNS)
 _TRL_NON_MODEL_KEYS = ("completion_mask", "ref_chosen_logps", "ref_rejected_logps")
 _REWARD_COLUMNS = ("chosen_token_rewards", "rejected_token_rewards")
 _REF_TOKEN_COLUMNS = ("ref_chosen_token_logps", "ref_rejected_token_logps")
+#: ``asr_delta="auto"`` is resolved once over a seeded sample of at most this many training tokens.
+DELTA_SAMPLE_TOKENS = 100_000
 
 
 class ASRDPOTrainer(DPOTrainer):
@@ -87,7 +88,8 @@ class ASRDPOTrainer(DPOTrainer):
     Logged metrics (besides TRL's; TRL's `logits/*`, `entropy`, `mean_token_accuracy` are over kept
     tokens): `asr/kept_token_fraction_chosen`, `asr/kept_token_fraction_rejected`,
     `asr/segments_per_response`, `asr/mean_segment_length` (not for `"tokenwise"`, which has no
-    segments), `asr/fallbacks` (responses per step whose mask was empty) and `asr/baseline`.
+    segments), `asr/fallbacks` (responses per step whose mask was empty), `asr/baseline` and, for
+    `mask_type="asr"`, `asr/delta` (the half-width, resolved once before training when `"auto"`).
     """
 
     _tag_names = ["trl", "dpo", "segrl", "asr-dpo"]
@@ -116,13 +118,15 @@ class ASRDPOTrainer(DPOTrainer):
         elif not isinstance(args, ASRDPOConfig):
             raise TypeError(f"`args` must be an ASRDPOConfig (it carries the mask options), got {type(args).__name__}")
         # Set before super().__init__, which calls the overridden _prepare_dataset / _precompute_ref_logps.
-        self._mask_options = args.mask_options()
+        # The keyword arguments of segrl.ops.keep_mask; an "auto" delta is replaced by its value below.
+        self._mask_options = args.mask_kwargs()
+        self._needs_rewards = args.needs_token_rewards
         self._token_reward_model_arg = token_reward_model
         self._implicit_models_arg = implicit_models
         self._reward_source = None
         if implicit_models is not None and len(implicit_models) != 2:
             raise ValueError("`implicit_models` must be a (policy, ref_model) pair")
-        if self._mask_options.needs_rewards and isinstance(train_dataset, (Dataset, IterableDataset)):
+        if self._needs_rewards and isinstance(train_dataset, (Dataset, IterableDataset)):
             first = next(iter(train_dataset))
             if "image" in first or "images" in first:
                 raise ValueError("ASR-DPO does not support vision-language preference data; use mask_type='none'")
@@ -135,9 +139,14 @@ class ASRDPOTrainer(DPOTrainer):
         )
         self._asr_collator()
         self._boundary_table = None
-        if self._mask_options.mask_type == "stepwise":
+        if self._mask_options["kind"] == "stepwise":
             table = boundary_token_table(self._tokenizer, args.step_boundary_chars)
             self._boundary_table = table.to(self.accelerator.device)
+        #: The resolved hysteresis half-width (``None`` when the mask has no hysteresis), logged as `asr/delta`.
+        self.asr_delta = None
+        if self._mask_options["kind"] == "asr":
+            self.asr_delta = self._resolve_asr_delta(train_dataset is not None)
+            self._mask_options["delta"] = self.asr_delta
         if not args.token_reward_on_the_fly:
             # The model sources were only needed to write the columns; free them (rebuilt lazily
             # if `evaluate` is later handed a new dataset).
@@ -147,7 +156,7 @@ class ASRDPOTrainer(DPOTrainer):
 
     def _asr_collator(self) -> DataCollatorForASRPreference:
         """Wrap the preference collator (once) so batches carry the per-token columns."""
-        if self._mask_options.needs_rewards and not isinstance(self.data_collator, DataCollatorForASRPreference):
+        if self._needs_rewards and not isinstance(self.data_collator, DataCollatorForASRPreference):
             self.data_collator = DataCollatorForASRPreference(self.data_collator, self.args.truncation_mode)
         return self.data_collator
 
@@ -179,7 +188,7 @@ class ASRDPOTrainer(DPOTrainer):
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
         # TRL tokenises first; token rewards are aligned to (or computed on) exactly its ids.
         dataset = super()._prepare_dataset(dataset, processing_class, args, dataset_name)
-        if not self._mask_options.needs_rewards:
+        if not self._needs_rewards:
             return dataset
         source = self._get_reward_source(args)
         if args.token_reward_source == "columns":
@@ -216,7 +225,7 @@ class ASRDPOTrainer(DPOTrainer):
 
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
-        if self._mask_options.needs_rewards:
+        if self._needs_rewards:
             extra = [c for c in _REWARD_COLUMNS + _REF_TOKEN_COLUMNS if c not in self._signature_columns]
             self._signature_columns = list(self._signature_columns) + extra
 
@@ -229,7 +238,7 @@ class ASRDPOTrainer(DPOTrainer):
         completion token kept by the collator's truncation. Cached like TRL's sums, keyed on the dataset
         and reference-model fingerprints.
         """
-        if not self._mask_options.needs_rewards:
+        if not self._needs_rewards:
             return super()._precompute_ref_logps(dataset, name, batch_size)
         if isinstance(dataset, IterableDataset):
             raise ValueError("`precompute_ref_log_probs=True` is not supported with IterableDataset. Use a map-style "
@@ -327,16 +336,71 @@ class ASRDPOTrainer(DPOTrainer):
 
     # ------------------------------------------------------------------ loss
 
-    def _global_mask_options(self, token_rewards: torch.Tensor, mask: torch.Tensor):
-        """The mask options with a ``batch_mean`` baseline resolved over the *global* batch."""
+    def _resolve_asr_delta(self, from_train: bool) -> float:
+        """``asr_delta`` as a number: ``"auto"`` is resolved ONCE, before the first step, over token rewards.
+
+        Never per micro-batch (the mask would then depend on the number of processes and on gradient
+        accumulation): over a seeded sample (``args.seed``) of whole training pairs holding at most
+        :data:`DELTA_SAMPLE_TOKENS` completion tokens, laid out by the trainer's own collator
+        (truncation included) and scored on the fly when ``token_reward_on_the_fly``; the baseline is
+        ``asr_baseline`` over that sample. Every rank uses the main process's value.
+        """
         options = self._mask_options
-        if options.mask_type == "none":
+        if options["delta"] != "auto":
+            return float(options["delta"])
+        dataset = self.train_dataset if from_train else self.eval_dataset
+        if isinstance(dataset, dict):
+            dataset = next(iter(dataset.values()), None)
+        if dataset is None:
+            raise ValueError("asr_delta='auto' is resolved over the training set's token rewards before the first "
+                             "step; pass a `train_dataset` (or an `eval_dataset`), or set a number for `asr_delta`")
+        rewards, mask = self._sample_token_rewards(dataset)
+        delta = ops.resolve_delta(rewards, mask, options["baseline"], "auto", options["delta_quantile"])
+        value = [delta]
+        broadcast_object_list(value, from_process=0)
+        return float(value[0])
+
+    def _sample_token_rewards(self, dataset) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token rewards of a seeded sample of pairs, response layout. Shapes: (2P, R), (2P, R)."""
+        if isinstance(dataset, IterableDataset):
+            examples = iter(dataset)
+        else:
+            order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(self.args.seed)).tolist()
+            examples = (dataset[i] for i in order)
+        picked, tokens = [], 0
+        for example in examples:
+            n = len(example["chosen_ids"]) + len(example["rejected_ids"])
+            if picked and tokens + n > DELTA_SAMPLE_TOKENS:
+                break
+            picked.append(example)
+            tokens += n
+        collator, rows = self._asr_collator(), []
+        for lo in range(0, len(picked), 64):
+            batch = collator(picked[lo: lo + 64])
+            span = response_span(batch["completion_mask"])
+            if self.args.token_reward_on_the_fly:
+                rewards = self._on_the_fly_rewards(batch["input_ids"], span).cpu()
+            else:
+                rewards = batch["token_rewards"]
+            rows += [rewards[i, :n] for i, n in enumerate(span.length.tolist())]
+        padded, attention = pad_rows(rows, dtype=torch.float32)
+        return padded, attention.bool()
+
+    def _global_mask_options(self, token_rewards: torch.Tensor, mask: torch.Tensor) -> dict:
+        """The keep-mask options with a batch baseline resolved over the batch of *every* process."""
+        options = self._mask_options
+        if options["kind"] == "none":
             return options
-        baseline = global_baseline(self.accelerator, options.baseline, token_rewards, mask)
-        return options if baseline == options.baseline else dataclasses.replace(options, baseline=baseline)
+        baseline = options["baseline"]
+        if baseline == "position_mean" and self.accelerator.num_processes > 1:
+            baseline = ops.position_mean_baseline(token_rewards, mask,
+                                                  all_reduce=lambda t: self.accelerator.reduce(t, "sum"))
+        else:
+            baseline = global_baseline(self.accelerator, baseline, token_rewards, mask)
+        return options if baseline is options["baseline"] else {**options, "baseline": baseline}
 
     def _compute_loss(self, model, inputs, return_outputs):
-        if not self._mask_options.needs_rewards:
+        if not self._needs_rewards:
             return super()._compute_loss(model, inputs, return_outputs)
         inputs = dict(inputs)  # never mutate the caller's batch
         token_rewards = inputs.pop("token_rewards", None)
@@ -359,11 +423,10 @@ class ASRDPOTrainer(DPOTrainer):
         if self._boundary_table is not None:
             table = self._boundary_table.to(completion_mask.device)
             is_boundary = table[from_input_layout(inputs["input_ids"], span)] & span.mask
-        seq_sign = torch.ones(2 * n_pairs, dtype=torch.long, device=completion_mask.device)
-        seq_sign[n_pairs:] = -1  # rows are [chosen x B; rejected x B]
+        seq_sign = ops.preference_sign(n_pairs, device=completion_mask.device)  # rows are [chosen x B; rejected x B]
         token_rewards = token_rewards.to(completion_mask.device)
-        kept = compute_keep_mask(token_rewards, span.mask, seq_sign, self._global_mask_options(token_rewards, span.mask),
-                                 is_boundary)
+        kept = ops.keep_mask(token_rewards, span.mask, seq_sign, is_boundary=is_boundary,
+                             **self._global_mask_options(token_rewards, span.mask))
 
         # The one line that applies ASR: TRL turns completion_mask == 0 into label -100, which the
         # fused LM head scores as log-prob 0 (no gradient) for the policy and the reference alike.
@@ -388,11 +451,11 @@ class ASRDPOTrainer(DPOTrainer):
         out[:, : rewards.shape[1]] = rewards[:, : span.width]
         return out.to(input_ids.device)
 
-    def _log_mask_metrics(self, kept: KeepMask, mask: torch.Tensor, n_pairs: int) -> None:
+    def _log_mask_metrics(self, kept: ops.KeepMaskResult, mask: torch.Tensor, n_pairs: int) -> None:
         mode = "train" if self.model.training else "eval"
         local = torch.cat([
             torch.stack([kept.keep[:n_pairs].sum(), mask[:n_pairs].sum()]).double(),
-            kept.summary(mask),
+            kept.counts(mask),
         ])
         # One gather and one host sync per step for all counts.
         (kept_c, tok_c, kept_all, tok_all, segments, in_segments, fallbacks, rows, baseline_sum) = (
@@ -407,3 +470,5 @@ class ASRDPOTrainer(DPOTrainer):
             metrics["asr/mean_segment_length"].append(in_segments / segments if segments else 0.0)
         metrics["asr/fallbacks"].append(fallbacks)
         metrics["asr/baseline"].append(baseline_sum / (2 * n_pairs * self.accelerator.num_processes))
+        if self.asr_delta is not None:
+            metrics["asr/delta"].append(self.asr_delta)

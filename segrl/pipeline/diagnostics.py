@@ -56,15 +56,24 @@ def mask_credit(rewards_by_side: dict, oracle_by_side: dict, options, *, batch_s
     """Which tokens a keep-mask keeps, by oracle class, on preference pairs.
 
     Chosen rows get sequence sign +1, rejected -1, and the mask (``options``: a
-    :class:`segrl.token_rewards.MaskOptions`) is computed on batches of ``batch_size`` pairs as
-    ASR-DPO does (the batch-mean baseline pools the 2B rows of a batch). Returns, for each side, the
+    :class:`segrl.asr_options.ASRArguments`) is computed on batches of ``batch_size`` pairs as
+    ASR-DPO does (the batch-mean baseline pools the 2B rows of a batch; an ``"auto"`` delta is
+    resolved once over all rows). Returns, for each side, the
     kept fraction of tokens whose oracle label agrees with the side (``agree``: correct result digits
     of chosen, wrong ones of rejected), disagrees (``disagree``) or is 0 (``unlabelled``: operands,
     ``+``, ``=``, ``;``, EOS), and ``kept`` overall. A mask that assigns credit keeps ``agree`` tokens
     more often than ``disagree`` ones.
     """
-    from segrl.token_rewards import compute_keep_mask
+    from segrl import ops
+    from segrl.padding import pad_rows
 
+    kwargs = options.mask_kwargs()
+    if kwargs["kind"] == "asr" and kwargs["delta"] == "auto":
+        # Resolved once over every row, as ASR-DPO resolves it over its training set (never per batch).
+        every = list(rewards_by_side["chosen"]) + list(rewards_by_side["rejected"])
+        values, attention = pad_rows(every, dtype=torch.float32)
+        kwargs["delta"] = ops.resolve_delta(values, attention.bool(), kwargs["baseline"], "auto",
+                                            kwargs["delta_quantile"])
     counts = {s: {k: [0, 0] for k in ("agree", "disagree", "unlabelled")} for s in ("chosen", "rejected")}
     n = len(rewards_by_side["chosen"])
     for lo in range(0, n, batch_size):
@@ -83,7 +92,7 @@ def mask_credit(rewards_by_side: dict, oracle_by_side: dict, options, *, batch_s
             for j, f in enumerate(flags):
                 boundary[j, : len(f)] = torch.tensor(f, dtype=torch.bool)
         sign = torch.tensor([1] * len(rows) + [-1] * len(rows))
-        keep = compute_keep_mask(r, m, sign, options, boundary).keep
+        keep = ops.keep_mask(r, m, sign, is_boundary=boundary, **kwargs).keep
         for j, i in enumerate(list(rows) * 2):
             side = "chosen" if j < len(rows) else "rejected"
             s = 1 if side == "chosen" else -1

@@ -89,9 +89,9 @@ class PipelineOptions:
 
     def stage_settings(self) -> dict:
         """The per-stage settings (validated by their own ``__post_init__``)."""
-        from segrl.token_rewards import parse_baseline
+        from segrl.ops import parse_baseline
 
-        parse_baseline(self.asr_baseline)
+        parse_baseline(self.asr_baseline, "asr_baseline")
         return dict(
             sft=self.sft_settings(),
             pairs=PairSettings(source=self.pair_source, n_prompts=self.pair_prompts,

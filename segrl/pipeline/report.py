@@ -233,8 +233,8 @@ def heldout_heatmap_rows(rm, prompts: list[str], responses: dict[str, list[str]]
     prompt_ids, response_ids = rm.tokenize(flat_p, flat_r)
     scores = rm.sequence_scores(prompt_ids, response_ids, batch_size=64)
     seq_sign = torch.where(scores >= scores.mean(), 1, -1)
-    keep = ops.asr_mask(rewards, mask, seq_sign, baseline=baseline, delta=delta)
-    fallback = ~ops.asr_mask(rewards, mask, seq_sign, baseline=baseline, delta=delta, empty="none").any(dim=1)
+    kept = ops.keep_mask(rewards, mask, seq_sign, baseline=baseline, delta=delta)
+    keep, fallback = kept.keep, kept.fallback
     rows = []
     tok = rm.tokenizer
     for b, (p, r, name) in enumerate(zip(flat_p, flat_r, names)):

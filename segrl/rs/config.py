@@ -6,17 +6,17 @@ from dataclasses import dataclass, field
 
 from trl import SFTConfig
 
-from segrl.token_rewards import DEFAULT_BOUNDARY_CHARS, MaskOptions
+from segrl.asr_options import ASRArguments
 
 SEQUENCE_SCORES = ("rm", "sum", "mean")
 SELECTIONS = ("best", "threshold")
 
 
 @dataclass
-class ASRRejectionSamplingConfig(SFTConfig):
+class ASRRejectionSamplingConfig(ASRArguments, SFTConfig):
     r"""
     Configuration for ASR rejection sampling: TRL's [`~trl.SFTConfig`] (the fine-tuning stage) plus
-    sampling, scoring, selection and the ASR mask (arXiv 2411.00809, SPEC §3).
+    sampling, scoring, selection and the ASR mask (arXiv 2411.00809, docs/method.md#rejection-sampling).
 
     Pipeline: sample `num_candidates` responses per prompt with the policy, score them with the
     segment reward model, keep the best (or all above `score_threshold`), then fine-tune on the kept
@@ -36,7 +36,7 @@ class ASRRejectionSamplingConfig(SFTConfig):
 
         reward_model (`str`, *optional*): path of a saved `segrl.rm.SegmentRewardModel`.
         sequence_score (`str`, defaults to `"rm"`): a response's score: the RM's own sequence score
-            (`"rm"`: mean segment reward, SPEC §2), or the `"sum"` / `"mean"` of its token rewards.
+            (`"rm"`: mean segment reward, docs/method.md#segment-rm), or the `"sum"` / `"mean"` of its token rewards.
         selection (`str`, defaults to `"best"`): `"best"` of K per prompt, or every response with score
             `>= score_threshold` (`"threshold"`).
         score_threshold (`float`, *optional*): required for `"threshold"`; with `"best"`, the best
@@ -44,10 +44,11 @@ class ASRRejectionSamplingConfig(SFTConfig):
 
         > Mask
 
-        mask_type, asr_baseline, asr_delta, asr_neutral, asr_empty, step_boundary_chars: as in
-            [`segrl.dpo.ASRDPOConfig`]. The `"batch_mean"` baseline is the mean token reward over **all
-            scored candidates** (accepted or not), so an accepted response keeps its better-than-typical
-            segments rather than half of itself.
+        mask_type, asr_baseline, asr_delta, asr_delta_quantile, asr_neutral, asr_empty, step_boundary_chars:
+            see [`segrl.asr_options.ASRArguments`]. The `"batch_mean"` / `"position_mean"` baselines are
+            resolved over **all scored candidates** (accepted or not), so an accepted response keeps its
+            better-than-typical segments rather than half of itself; `asr_delta="auto"` is resolved once
+            over a seeded sample of at most 100k tokens of all scored candidates (`rs/delta`).
         token_reward_mode (`str`, defaults to `"even"`), token_reward_normalize (`bool`, defaults to
             `True`), reward_batch_size (`int`, defaults to `8`): passed to the RM's `score_token_ids`.
 
@@ -83,24 +84,6 @@ class ASRRejectionSamplingConfig(SFTConfig):
     score_threshold: float | None = field(
         default=None, metadata={"help": "Minimum score of an accepted response (required for selection='threshold')."}
     )
-    mask_type: str = field(
-        default="asr",
-        metadata={"help": "Tokens trained on: 'asr', 'tokenwise', 'stepwise' or 'none' (plain rejection sampling).",
-                  "choices": ["asr", "tokenwise", "stepwise", "none"]},
-    )
-    asr_baseline: str = field(
-        default="batch_mean",
-        metadata={"help": "Token-reward baseline: 'batch_mean' (over all scored candidates), 'sequence_mean', "
-                          "'zero' or a number."},
-    )
-    asr_delta: float = field(default=0.0, metadata={"help": "Hysteresis half-width delta >= 0."})
-    asr_neutral: str = field(default="drop", metadata={"help": "Undecided tokens: 'drop' or 'keep'.",
-                                                       "choices": ["drop", "keep"]})
-    asr_empty: str = field(default="full", metadata={"help": "Empty mask: 'full' (whole response) or 'none'.",
-                                                     "choices": ["full", "none"]})
-    step_boundary_chars: str = field(
-        default=DEFAULT_BOUNDARY_CHARS, metadata={"help": "mask_type='stepwise': characters that end a step."}
-    )
     token_reward_mode: str = field(default="even", metadata={"help": "Segment RM spread mode: even, end, repeat.",
                                                              "choices": ["even", "end", "repeat"]})
     token_reward_normalize: bool = field(default=True, metadata={"help": "Apply the RM's location normaliser."})
@@ -114,9 +97,7 @@ class ASRRejectionSamplingConfig(SFTConfig):
     )
 
     def __post_init__(self):
-        super().__post_init__()
-        options = self.mask_options()
-        self.asr_baseline = options.baseline
+        super().__post_init__()  # TRL's checks, then the ASR fields' (ASRArguments)
         for name in ("num_candidates", "max_new_tokens", "generation_batch_size", "reward_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}")
@@ -132,7 +113,3 @@ class ASRRejectionSamplingConfig(SFTConfig):
             raise ValueError(f"`selection` must be one of {SELECTIONS}, got {self.selection!r}")
         if self.selection == "threshold" and self.score_threshold is None:
             raise ValueError("selection='threshold' needs `score_threshold`")
-
-    def mask_options(self) -> MaskOptions:
-        """The mask fields as :class:`segrl.token_rewards.MaskOptions` (validated)."""
-        return MaskOptions(self.mask_type, self.asr_baseline, self.asr_delta, self.asr_neutral, self.asr_empty)

@@ -19,7 +19,6 @@ import json
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -27,11 +26,12 @@ from trl import SFTTrainer
 
 from segrl._trl_compat import check_trl_compat
 from segrl.rewards.segment_rm import SegmentRMRewards
+from segrl import ops
+from segrl.padding import pad_rows
 from segrl.rs.config import ASRRejectionSamplingConfig
 from segrl.token_rewards import (
     align_token_rewards,
     boundary_token_table,
-    compute_keep_mask,
 )
 
 check_trl_compat("rs")  # fail at import if TRL changed what this module overrides or calls
@@ -40,6 +40,8 @@ check_trl_compat("rs")  # fail at import if TRL changed what this module overrid
 __all__ = ["ASRRejectionSampler", "load_candidates"]
 
 CANDIDATES_FILE = "rs_candidates.jsonl"
+#: ``asr_delta="auto"`` is resolved over a seeded sample of at most this many scored candidate tokens.
+DELTA_SAMPLE_TOKENS = 100_000
 SELECTED_FILE = "rs_selected.jsonl"
 
 
@@ -137,6 +139,18 @@ def load_candidates(path: str | os.PathLike, tokenizer) -> list[dict]:
     return records
 
 
+def _seeded_rows(lengths: Sequence[int], max_tokens: int, seed: int) -> torch.Tensor:
+    """Indices of a seeded random sample of rows holding at most ``max_tokens`` tokens (one row at least)."""
+    order = torch.randperm(len(lengths), generator=torch.Generator().manual_seed(seed)).tolist()
+    picked, tokens = [], 0
+    for i in order:
+        if picked and tokens + lengths[i] > max_tokens:
+            break
+        picked.append(i)
+        tokens += lengths[i]
+    return torch.tensor(sorted(picked), dtype=torch.long)
+
+
 def _write_jsonl(path: Path, rows: Sequence[dict]) -> None:
     """Written by the main process only (every rank holds the same rows), atomically."""
     from accelerate import PartialState
@@ -176,7 +190,6 @@ class ASRRejectionSampler:
         if not isinstance(args, ASRRejectionSamplingConfig):
             raise TypeError(f"`args` must be an ASRRejectionSamplingConfig, got {type(args).__name__}")
         self.args = args
-        self.options = args.mask_options()
         if isinstance(model, (str, os.PathLike)):
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -308,7 +321,7 @@ class ASRRejectionSampler:
         # Token rewards are needed for the mask, and for scores that are their sum / mean.
         tokens_for_scores = args.sequence_score in ("sum", "mean")
         need_tokens = [r for r in records if r.get("token_rewards") is None
-                       and (self.options.needs_rewards or (tokens_for_scores and r.get("scores") is None))]
+                       and (args.needs_token_rewards or (tokens_for_scores and r.get("scores") is None))]
         if need_tokens:
             lists = self._reward_source()(*self._flat(need_tokens))
             self._unflatten(need_tokens, "token_rewards", lists)
@@ -390,19 +403,31 @@ class ASRRejectionSampler:
 
     def _keep_masks(self, records, accepted, completions) -> tuple[list[list[bool]], dict[str, float]]:
         """ASR keep masks of the accepted responses (sequence sign +1) and their statistics."""
-        if not self.options.needs_rewards:
+        if not self.args.needs_token_rewards:
             n_tok = sum(map(len, completions))
             return [[True] * len(c) for c in completions], {
                 "rs/kept_token_fraction": 1.0, "rs/segments_per_response": 1.0,
                 "rs/mean_segment_length": n_tok / len(completions), "rs/fallbacks": 0.0, "rs/baseline": 0.0,
             }
-        options = self.options
-        if options.baseline == "batch_mean":
-            # Resolved once over every scored candidate, accepted or not (see the config docs).
-            total = sum(v for r in records for tr in r["token_rewards"] for v in tr)
-            count = sum(len(tr) for r in records for tr in r["token_rewards"])
-            options = replace(options, baseline=total / max(count, 1))
-        table = boundary_token_table(self.tokenizer, self.args.step_boundary_chars) if options.mask_type == "stepwise" \
+        options = self.args.mask_kwargs()
+        # Baselines and "auto" delta are resolved once over every scored candidate, accepted or not
+        # (see the config docs), then handed to the per-chunk masks as numbers.
+        every = [tr for r in records for tr in r["token_rewards"]]
+        all_rewards, attention = pad_rows(every, dtype=torch.float32)
+        all_mask = attention.bool()
+        resolved = options["baseline"]
+        if resolved in ("batch_mean", "position_mean"):
+            resolved = ops.resolve_baseline(all_rewards, all_mask, resolved)
+        if options["kind"] == "asr" and options["delta"] == "auto":
+            rows = _seeded_rows([len(tr) for tr in every], DELTA_SAMPLE_TOKENS, self.args.seed)
+            sample_baseline = resolved[rows] if isinstance(resolved, torch.Tensor) else resolved
+            options["delta"] = ops.resolve_delta(all_rewards[rows], all_mask[rows], sample_baseline, "auto",
+                                                 options["delta_quantile"])
+        offsets = [0]
+        for r in records:
+            offsets.append(offsets[-1] + len(r["token_rewards"]))
+        flat_index = torch.tensor([offsets[i] + k for i, k in accepted], dtype=torch.long)
+        table = boundary_token_table(self.tokenizer, self.args.step_boundary_chars) if options["kind"] == "stepwise" \
             else None
         keep_lists, totals = [], torch.zeros(7, dtype=torch.float64)
         chunk = 256
@@ -421,13 +446,20 @@ class ASRRejectionSampler:
             if table is not None:  # ids past the tokenizer (a padded model vocabulary) never end a step
                 in_table = id_tensor < len(table)
                 boundary = table[id_tensor.clamp(max=len(table) - 1)] & in_table & mask
-            km = compute_keep_mask(rewards, mask, torch.ones(len(part), dtype=torch.long), options, boundary)
-            totals += km.summary(mask).cpu()
+            baseline = resolved
+            if isinstance(resolved, torch.Tensor):  # rows of the accepted responses, cut to this chunk's width
+                baseline = resolved[flat_index[lo: lo + chunk]]
+                baseline = baseline[:, :width] if baseline.dim() == 2 else baseline
+            km = ops.keep_mask(rewards, mask, torch.ones(len(part), dtype=torch.long), is_boundary=boundary,
+                               **{**options, "baseline": baseline})
+            totals += km.counts(mask).cpu()
             keep_lists += [km.keep[j, : len(c)].tolist() for j, c in enumerate(ids)]
         kept, tokens, segments, in_segments, fallbacks, rows, baseline_sum = totals.tolist()
         stats = {"rs/kept_token_fraction": kept / tokens if tokens else 0.0, "rs/fallbacks": fallbacks,
                  "rs/baseline": baseline_sum / max(rows, 1)}
-        if options.mask_type != "tokenwise":
+        if options["kind"] == "asr":
+            stats["asr/delta"] = float(options["delta"])
+        if options["kind"] != "tokenwise":
             stats["rs/segments_per_response"] = segments / rows if rows else 0.0
             stats["rs/mean_segment_length"] = in_segments / segments if segments else 0.0
         return keep_lists, stats
