@@ -26,7 +26,9 @@ a zero fractional part dropped, so ``"2,460."`` matches ``2460``):
   number of the completion (lm-eval's flexible-extract takes the last number too);
 - ``exact_match_strict``: only a ``#### N`` in the completion counts (lm-eval's strict-match).
 
-The target is the number after the dataset answer's ``####``.
+The target is the number after the dataset answer's ``####``. The one deliberate difference from
+lm-eval: it compares the extracted strings (after removing ``,``, ``$`` and a trailing ``.``), so
+``"$1,000.00"`` or ``"3.50"`` against ``1000`` / ``3.5`` counts as wrong there and right here.
 """
 
 from __future__ import annotations
