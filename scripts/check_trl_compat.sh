@@ -17,11 +17,11 @@ quiet_pip() {  # drop the machine-wide "location is ignored" warnings, keep pip'
     "$1/bin/python" -m pip "${@:2}" 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 }
 
-SPEC="$("$PYTHON" -c "import ast,sys; t=open('segrl/_trl_compat.py').read(); \
+PIN_RANGE="$("$PYTHON" -c "import ast,sys; t=open('segrl/_trl_compat.py').read(); \
 print(next(ast.literal_eval(n.value) for n in ast.parse(t).body if isinstance(n, ast.Assign) \
 and getattr(n.targets[0], 'id', '') == 'SUPPORTED_TRL'))")"
 AVAILABLE="$("$PYTHON" -m pip index versions trl 2>/dev/null | sed -n 's/^Available versions: //p')"
-read -r LO HI < <("$PYTHON" - "$SPEC" "$AVAILABLE" <<'EOF'
+read -r LO HI < <("$PYTHON" - "$PIN_RANGE" "$AVAILABLE" <<'EOF'
 import sys
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
@@ -32,7 +32,7 @@ if not ok:
 print(ok[0], ok[-1])
 EOF
 )
-echo "make compat: trl$SPEC -> lowest $LO, highest $HI"
+echo "make compat: trl$PIN_RANGE -> lowest $LO, highest $HI"
 
 status=0
 summary=""
@@ -58,5 +58,5 @@ for end in lo hi; do
         status=1
     fi
 done
-printf '\nmake compat (trl%s):\n%s' "$SPEC" "$summary"
+printf '\nmake compat (trl%s):\n%s' "$PIN_RANGE" "$summary"
 exit $status
