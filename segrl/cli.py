@@ -1,13 +1,16 @@
-"""`segrl` command line: one subcommand per module in `segrl.commands`.
+"""`segrl` command line: one subcommand per module in `segrl.commands` (also ``python -m segrl``).
 
 Each subcommand module defines ``main(argv: list[str]) -> int`` and parses its own dataclass
-config with :class:`trl.TrlParser`, so every command accepts ``--config file.yaml`` as well as
-flags (flags override the YAML). Modules are imported lazily: ``segrl viz`` does not pay for
-importing TRL.
+config (:func:`segrl.commands._common.parse_args`), so every command accepts ``--config file.yaml``
+as well as flags (flags override the YAML). Modules are imported lazily: ``segrl viz`` does not pay
+for importing TRL, and ``segrl <command> --help`` reads the options from the source (about a
+second). Global options: ``--debug`` (or ``SEGRL_DEBUG=1``: full tracebacks), ``--num_threads N``,
+``--version``.
 """
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import os
 import sys
@@ -25,29 +28,56 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ppo": ("segrl.commands.ppo", "dense-reward PPO with a critic on a segment RM (bandit/token/segment arm, ASR-PPO)"),
     "grpo": ("segrl.commands.grpo", "critic-free variant: TRL GRPO with dense (B, T) segment advantages"),
     "eval": ("segrl.commands.eval", "evaluate a causal LM: credit-assignment task, HumanEval, reasoning-gym, refusal"),
+    "init": ("segrl.commands.init", "write the example configs and the tiny data into a directory (works after pip install)"),
 }
 
 
 def _usage() -> str:
     width = max(map(len, COMMANDS))
-    lines = ["usage: segrl <command> [--config file.yaml] [--flag value ...]", "", "commands:"]
+    lines = ["usage: segrl [--debug] [--version] <command> [--config file.yaml] [--flag value ...]", "",
+             "commands:"]
     lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
-    lines += ["", "`segrl <command> --help` lists a command's options."]
+    lines += ["", "`segrl <command> --help` lists a command's own options, `--help-all` the inherited TRL /",
+              "transformers ones too. `--debug` (or SEGRL_DEBUG=1) prints full tracebacks; `--num_threads N`",
+              "sets torch's CPU threads. Quick start: `segrl init segrl-examples` (see its README.md)."]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    while argv and argv[0] == "--debug":  # `segrl --debug <command> ...`
+        os.environ["SEGRL_DEBUG"] = "1"
+        argv = argv[1:]
+    if argv and argv[0] == "--version":
+        from segrl import __version__
+
+        print(f"segrl {__version__}")
+        return 0
     if not argv or argv[0] in {"-h", "--help", "help"}:
         print(_usage())
         return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
-        print(f"segrl: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        close = difflib.get_close_matches(name, list(COMMANDS), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        print(f"segrl: error: unknown command {name!r}{hint}\n\n{_usage()}", file=sys.stderr)
         return 2
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    module = importlib.import_module(COMMANDS[name][0])
-    return int(module.main(rest) or 0)
+    from segrl.commands._common import UsageError, run_command, strip_global_options
+
+    try:
+        rest = strip_global_options(rest)  # --debug, --num_threads N: the same for every command
+    except UsageError as err:
+        print(f"segrl {name}: error: {err}", file=sys.stderr)
+        return 2
+    code: list[int] = [0]
+
+    def _run():
+        module = importlib.import_module(COMMANDS[name][0])
+        code[0] = int(module.main(rest) or 0)
+
+    failed = run_command(f"segrl {name}", _run)
+    return failed or code[0]
 
 
 if __name__ == "__main__":

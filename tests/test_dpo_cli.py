@@ -72,4 +72,6 @@ def test_cli_reports_bad_input(tmp_path, capsys):
     code = dpo_cmd.main(["--model_name_or_path", str(model_dir), "--dataset_name", str(data), "--output_dir",
                          str(tmp_path / "run"), "--use_cpu", "true", "--bf16", "false", "--report_to", "none"])
     assert code == 2
-    assert "needs a `chosen_token_rewards` column" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "no `chosen_token_rewards` / `rejected_token_rewards` column" in err and "--token_reward_source" in err
+    assert not (tmp_path / "run").exists()  # checked before any model load or output

@@ -46,6 +46,10 @@ class DPOScriptArguments:
     tokenizer_name_or_path: str | None = field(
         default=None, metadata={"help": "Tokenizer (default: the one saved with model_name_or_path)."}
     )
+    drop_empty: bool = field(
+        default=False,
+        metadata={"help": "Drop rows with an empty `chosen` / `rejected` (counts printed) instead of stopping."},
+    )
 
 
 def make_parser():
@@ -63,33 +67,69 @@ def _model_init_kwargs(training_args, model_args) -> dict:
     return {k: v for k, v in kwargs.items() if v is not None}
 
 
-def run(script_args: DPOScriptArguments, training_args, model_args):
-    """Build the datasets, models and :class:`~segrl.dpo.ASRDPOTrainer`; train, save; return the trainer."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import get_peft_config, get_quantization_config
+TOKEN_REWARD_COLUMNS = ("chosen_token_rewards", "rejected_token_rewards")
 
-    from segrl.dpo import ASRDPOTrainer
-    from segrl.rm.data import load_preference_dataset
-    from segrl.rs import resolve_checkpoint
 
-    if not model_args.model_name_or_path:
-        raise ValueError("`model_name_or_path` is required")
+def check_inputs(script_args: DPOScriptArguments, training_args, model_args):
+    """Every check that needs no model: paths, data (columns, types, empty responses), option
+    combinations and the ``max_length`` filter. Returns ``(train, eval_dataset, tokenizer)``."""
+    from transformers import AutoTokenizer
+
+    from segrl.data_checks import check_length_filter, check_model_path, check_preference_data, load_data
+
+    check_model_path(model_args.model_name_or_path, "model_name_or_path")
+    check_model_path(script_args.ref_model_name_or_path, "ref_model_name_or_path", required=False)
+    check_model_path(script_args.tokenizer_name_or_path, "tokenizer_name_or_path", required=False)
+    source = training_args.token_reward_source
+    if training_args.mask_type != "none":
+        if source == "segment_rm":
+            check_model_path(training_args.token_reward_model, "reward_model_path")
+        elif source == "implicit":
+            check_model_path(training_args.implicit_policy, "implicit_policy")
+            check_model_path(training_args.implicit_ref, "implicit_ref")
     if not script_args.dataset_name:
-        raise ValueError("`dataset_name` is required (a Hub id or a local file)")
-    init_kwargs = _model_init_kwargs(training_args, model_args)
-    training_args.model_init_kwargs = init_kwargs
-    train = load_preference_dataset(script_args.dataset_name, script_args.dataset_train_split,
-                                    config=script_args.dataset_config, max_samples=script_args.max_train_samples)
+        raise ValueError("`dataset_name` is required (a data file, a save_to_disk directory, builtin:tiny_prefs or "
+                         "a Hub id)")
+    train = load_data(script_args.dataset_name, script_args.dataset_train_split, config=script_args.dataset_config,
+                      max_samples=script_args.max_train_samples, arg="dataset_name")
+    train, _ = check_preference_data(train, "dataset_name", drop_empty=script_args.drop_empty)
+    needs_columns = training_args.mask_type != "none" and source == "columns"
+    missing = [c for c in TOKEN_REWARD_COLUMNS if c not in train.column_names]
+    if needs_columns and missing:
+        raise ValueError(
+            f"mask_type={training_args.mask_type} takes its token rewards from `token_reward_source`="
+            f"{source}, but `dataset_name` has no {' / '.join(f'`{c}`' for c in missing)} column. Pass "
+            "--token_reward_source segment_rm --reward_model_path RM (a segment RM from segrl train-rm + fit-norm), "
+            "--token_reward_source implicit --implicit_policy P --implicit_ref R, or --mask_type none (plain DPO)")
     eval_dataset = None
     if training_args.eval_strategy != "no":
         name = script_args.eval_dataset_name or script_args.dataset_name
-        if script_args.eval_dataset_name is None and os.path.isfile(name.split(",")[0]):
+        if script_args.eval_dataset_name is None and (name.startswith("builtin:") or os.path.isfile(name.split(",")[0])):
             raise ValueError("eval_strategy is set but a local data file has no test split: pass `eval_dataset_name`")
-        eval_dataset = load_preference_dataset(name, script_args.dataset_test_split, config=script_args.dataset_config,
-                                               max_samples=script_args.max_eval_samples)
+        eval_dataset = load_data(name, script_args.dataset_test_split, config=script_args.dataset_config,
+                                 max_samples=script_args.max_eval_samples, arg="eval_dataset_name")
+        eval_dataset, _ = check_preference_data(eval_dataset, "eval_dataset_name", drop_empty=script_args.drop_empty,
+                                                extra_columns=TOKEN_REWARD_COLUMNS if needs_columns else ())
     tokenizer = AutoTokenizer.from_pretrained(script_args.tokenizer_name_or_path or model_args.model_name_or_path,
                                               revision=model_args.model_revision,
                                               trust_remote_code=training_args.trust_remote_code)
+    if getattr(training_args, "truncation_mode", "keep_start") == "keep_start":
+        check_length_filter(train, tokenizer, training_args.max_length, data_arg="dataset_name", mode="prompt")
+    return train, eval_dataset, tokenizer
+
+
+def run(script_args: DPOScriptArguments, training_args, model_args):
+    """Check the inputs, build the models and :class:`~segrl.dpo.ASRDPOTrainer`; train, save; return the trainer."""
+    train, eval_dataset, tokenizer = check_inputs(script_args, training_args, model_args)
+
+    from transformers import AutoModelForCausalLM
+    from trl import get_peft_config, get_quantization_config
+
+    from segrl.dpo import ASRDPOTrainer
+    from segrl.rs import resolve_checkpoint
+
+    init_kwargs = _model_init_kwargs(training_args, model_args)
+    training_args.model_init_kwargs = init_kwargs
     ref_model = None
     if script_args.ref_model_name_or_path:
         ref_kwargs = {k: v for k, v in init_kwargs.items() if k != "revision"}
@@ -105,14 +145,17 @@ def run(script_args: DPOScriptArguments, training_args, model_args):
     return trainer
 
 
+HELP_GROUPS = [
+    ("data and models", "segrl.commands.dpo:DPOScriptArguments"),
+    ("ASR-DPO (mask and token rewards)", "segrl.dpo.config:ASRDPOConfig"),
+]
+INHERITED = "TRL DPOConfig, transformers TrainingArguments, TRL ModelConfig"
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``segrl dpo``. Returns 0 on success, 2 on invalid input."""
-    parser = make_parser()
-    try:
-        script_args, training_args, model_args = parser.parse_args_and_config(
-            args=list(sys.argv[1:] if argv is None else argv))
-        run(script_args, training_args, model_args)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"segrl dpo: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    """Entry point of ``segrl dpo``. Returns 0 on success, 2 on invalid options or data, 1 on other errors."""
+    from segrl.commands._common import TRAINING_COMMON, command_main
+
+    return command_main("segrl dpo", argv, make_parser, run, HELP_GROUPS, INHERITED,
+                        common=TRAINING_COMMON + [("beta", "DPO temperature."),
+                                                  ("loss_type", "Any TRL DPO loss type (sigmoid, ipo, ...).")])

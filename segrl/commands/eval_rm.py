@@ -11,30 +11,31 @@ implicit DPO reward of a policy and its reference (``implicit``), or the data's
 
 Examples::
 
-    segrl eval-rm --rm_path runs/rm --dataset heldout.jsonl --output_json runs/rm/eval.json
+    segrl eval-rm --reward_model_path runs/rm --dataset_name heldout.jsonl --output_json runs/rm/eval.json
     segrl eval-rm --config examples/configs/rm_eval.yaml
-    segrl eval-rm --rm_path runs/rm --dataset prm_steps.jsonl --step_separator "\n"
+    segrl eval-rm --reward_model_path runs/rm --dataset_name prm_steps.jsonl --step_separator "\n"
     segrl eval-rm --token_reward_source implicit --implicit_policy runs/dpo --implicit_ref runs/sft \
-        --dataset pairs_eval.jsonl --output_json credit.json
+        --dataset_name pairs_eval.jsonl --output_json credit.json
 """
 
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from segrl.rm._cli import quiet_transformers, resolve_device, run_main
+from segrl.rm._cli import quiet_transformers, resolve_device
 
 
 @dataclass
 class EvalRMConfig:
     """Options of ``segrl eval-rm`` (flags, or keys of the ``--config`` YAML file)."""
 
-    dataset: str = field(metadata={"help": "Held-out data (.jsonl/.json/.parquet file or Hub id): preference pairs, "
-                                           "or TRL stepwise-supervision rows (credit only)."})
+    dataset: Optional[str] = field(
+        default=None, metadata={"help": "Held-out data (builtin:NAME, .jsonl/.json/.csv/.parquet file, save_to_disk "
+                                        "directory or Hub id): preference pairs, or TRL stepwise-supervision rows "
+                                        "(credit only). Required."})
     rm_path: Optional[str] = field(default=None, metadata={"help": "Directory of the trained segment RM."})
     dataset_split: str = field(default="test", metadata={"help": "Split to use when `dataset` is a Hub id."})
     max_pairs: Optional[int] = field(default=None, metadata={"help": "Evaluate only the first N pairs."})
@@ -71,13 +72,50 @@ class EvalRMConfig:
     step_separator: str = field(default="\n", metadata={"help": "Joins TRL stepwise `completions` into one response."})
     device: str = field(default="auto", metadata={"help": "cpu, cuda, cuda:N, or auto."})
     progress: bool = field(default=True, metadata={"help": "Show a progress bar."})
+    drop_empty: bool = field(
+        default=False,
+        metadata={"help": "Drop rows with an empty `chosen` / `rejected` (counts printed) instead of stopping."},
+    )
+
+
+def make_parser():
+    from trl import TrlParser
+
+    return TrlParser((EvalRMConfig,), prog="segrl eval-rm")
 
 
 def parse_config(argv: list[str]) -> EvalRMConfig:
-    from trl import TrlParser
+    from segrl.commands._common import parse_args
 
-    (cfg,) = TrlParser((EvalRMConfig,), prog="segrl eval-rm").parse_args_and_config(args=argv)
+    (cfg,) = parse_args(make_parser(), argv, "segrl eval-rm")
     return cfg
+
+
+def check_inputs(cfg: EvalRMConfig):
+    """Options, paths and data, checked before any model is loaded. Returns the data."""
+    from segrl.data_checks import (check_length_filter, check_model_path, check_preference_data,
+                                   check_stepwise_data, load_data)
+
+    validate(cfg)
+    if cfg.token_reward_source == "segment_rm":
+        check_model_path(cfg.rm_path, "reward_model_path")
+    check_model_path(cfg.reference_model, "ref_model_name_or_path", required=False)
+    check_model_path(cfg.implicit_policy, "implicit_policy", required=False)
+    check_model_path(cfg.implicit_ref, "implicit_ref", required=False)
+    check_model_path(cfg.tokenizer_name_or_path, "tokenizer_name_or_path", required=False)
+    if not cfg.dataset:
+        raise ValueError("`dataset_name` is required (held-out preference pairs or stepwise rows)")
+    dataset = load_data(cfg.dataset, cfg.dataset_split, arg="dataset_name")
+    if {"chosen", "rejected"} & set(dataset.column_names) or "completions" not in dataset.column_names:
+        dataset, _ = check_preference_data(dataset, "dataset_name", drop_empty=cfg.drop_empty)
+        if cfg.max_length is not None and cfg.token_reward_source == "segment_rm":
+            from transformers import AutoTokenizer
+
+            check_length_filter(dataset, AutoTokenizer.from_pretrained(cfg.rm_path), cfg.max_length,
+                                data_arg="dataset_name", mode="pair")
+    else:
+        dataset, _ = check_stepwise_data(dataset, "dataset_name")
+    return dataset
 
 
 def validate(cfg: EvalRMConfig) -> None:
@@ -88,7 +126,7 @@ def validate(cfg: EvalRMConfig) -> None:
     if cfg.token_reward_source not in sources:
         raise ValueError(f"`token_reward_source` must be one of {sources}, got {cfg.token_reward_source!r}")
     if cfg.token_reward_source == "segment_rm" and not cfg.rm_path:
-        raise ValueError("`rm_path` is required with token_reward_source=segment_rm")
+        raise ValueError("`reward_model_path` is required with token_reward_source=segment_rm")
     if cfg.token_reward_source == "implicit" and not (cfg.implicit_policy and cfg.implicit_ref):
         raise ValueError("token_reward_source=implicit needs `implicit_policy` and `implicit_ref`")
     if cfg.credit_labels not in CREDIT_LABELS:
@@ -107,11 +145,10 @@ def _credit_line(credit: dict) -> str:
 
 
 def run(cfg: EvalRMConfig) -> dict:
-    from segrl.rm.data import load_preference_dataset
+    dataset = check_inputs(cfg)
+
     from segrl.rm.evaluate import evaluate_credit, evaluate_pairwise
 
-    validate(cfg)
-    dataset = load_preference_dataset(cfg.dataset, cfg.dataset_split)
     device = resolve_device(cfg.device)
     pairs = {"chosen", "rejected"} <= set(dataset.column_names)
     result: dict = {}
@@ -165,11 +202,18 @@ def run(cfg: EvalRMConfig) -> dict:
     return result
 
 
+HELP_GROUPS = [("eval-rm", "segrl.commands.eval_rm:EvalRMConfig")]
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``segrl eval-rm``. Returns 0 on success, 2 on invalid options or data."""
-    cfg = parse_config(list(sys.argv[1:] if argv is None else argv))
-    quiet_transformers()
-    return run_main("eval-rm", lambda: run(cfg))
+    """Entry point of ``segrl eval-rm``. Returns 0 on success, 2 on invalid options or data, 1 on other errors."""
+    from segrl.commands._common import command_main
+
+    def _run(cfg):
+        quiet_transformers()
+        return run(cfg)
+
+    return command_main("segrl eval-rm", argv, make_parser, _run, HELP_GROUPS)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ Examples::
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 
 
@@ -38,10 +37,16 @@ class MakeTinyConfig:
     overwrite: bool = field(default=False, metadata={"help": "With --pair: rebuild even if an identical pair exists."})
 
 
-def parse_config(argv: list[str]) -> MakeTinyConfig:
+def make_parser():
     from trl import TrlParser
 
-    (cfg,) = TrlParser((MakeTinyConfig,), prog="segrl make-tiny").parse_args_and_config(args=argv)
+    return TrlParser((MakeTinyConfig,), prog="segrl make-tiny")
+
+
+def parse_config(argv: list[str]) -> MakeTinyConfig:
+    from segrl.commands._common import parse_args
+
+    (cfg,) = parse_args(make_parser(), argv, "segrl make-tiny")
     return cfg
 
 
@@ -64,18 +69,19 @@ def _quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
+HELP_GROUPS = [("make-tiny", "segrl.commands.make_tiny:MakeTinyConfig")]
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``segrl make-tiny``. Returns 0 on success, 2 on invalid options."""
-    cfg = parse_config(list(sys.argv[1:] if argv is None else argv))
-    _quiet_transformers()
-    try:
-        paths = run(cfg)
-    except ValueError as err:
-        print(f"segrl make-tiny: error: {err}", file=sys.stderr)
-        return 2
-    for path in paths:
-        print(f"wrote {path}")
-    return 0
+    """Entry point of ``segrl make-tiny``. Returns 0 on success, 2 on invalid options, 1 on other errors."""
+    from segrl.commands._common import command_main
+
+    def _run(cfg):
+        _quiet_transformers()
+        for path in run(cfg):
+            print(f"wrote {path}")
+
+    return command_main("segrl make-tiny", argv, make_parser, _run, HELP_GROUPS)
 
 
 if __name__ == "__main__":

@@ -3,35 +3,67 @@
 Examples::
 
     segrl ppo --config examples/configs/ppo_segment.yaml
-    segrl ppo --policy runs/sft --reward_model runs/rm --dataset prompts.jsonl --num_iterations 50 --asr true
+    segrl ppo --model_name_or_path runs/sft --reward_model_path runs/rm --dataset_name prompts.jsonl \\
+        --num_iterations 50 --asr true
     segrl ppo --config examples/configs/ppo_segment.yaml --resume_from_checkpoint latest
     accelerate launch --config_file examples/accelerate/multi_gpu.yaml -m segrl.cli ppo --config ...
+
+(``--policy``, ``--reward_model``, ``--reference_model`` and ``--dataset`` are the deprecated names of
+``--model_name_or_path``, ``--reward_model_path``, ``--ref_model_name_or_path`` and ``--dataset_name``.)
 """
 
 from __future__ import annotations
 
-import sys
 
-
-def main(argv: list[str]) -> int:
+def make_parser():
     from trl import TrlParser
 
     from segrl.ppo.config import SegmentPPOConfig
 
-    (args,) = TrlParser((SegmentPPOConfig,), prog="segrl ppo").parse_args_and_config(args=argv)
-    try:
-        from transformers.utils import logging as hf_logging
+    return TrlParser((SegmentPPOConfig,), prog="segrl ppo")
 
-        from segrl.ppo.build import build_ppo_trainer
 
-        hf_logging.disable_progress_bar()
-        trainer = build_ppo_trainer(args)
-        history = trainer.train()
-    except ValueError as err:
-        print(f"segrl ppo: error: {err}", file=sys.stderr)
-        return 2
+def _get(args, *names):
+    for name in names:
+        if hasattr(args, name):
+            return getattr(args, name)
+    return None
+
+
+def check_inputs(args) -> None:
+    """Every check that needs no model: the model paths and the prompt data."""
+    from segrl.data_checks import check_model_path
+    from segrl.ppo.build import load_prompts
+
+    check_model_path(_get(args, "model_name_or_path", "policy"), "model_name_or_path")
+    check_model_path(_get(args, "reward_model_path", "reward_model"), "reward_model_path")
+    check_model_path(_get(args, "ref_model_name_or_path", "reference_model"), "ref_model_name_or_path",
+                     required=False)
+    load_prompts(_get(args, "dataset_name", "dataset"), _get(args, "dataset_train_split", "dataset_split") or "train",
+                 arg="dataset_name")
+
+
+def run(args):
+    check_inputs(args)
+    from transformers.utils import logging as hf_logging
+
+    from segrl.ppo.build import build_ppo_trainer
+
+    hf_logging.disable_progress_bar()
+    trainer = build_ppo_trainer(args)
+    history = trainer.train()
     if trainer.accelerator.is_main_process and history:
         last = history[-1]
         print(f"PPO done: {len(history)} iterations, reward {last['reward']:+.4f}, kl {last['kl']:.4f}; "
               f"policy saved to {args.output_dir}")
-    return 0
+    return trainer
+
+
+HELP_GROUPS = [("PPO", "segrl.ppo.config:SegmentPPOConfig")]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``segrl ppo``. Returns 0 on success, 2 on invalid options or data, 1 on other errors."""
+    from segrl.commands._common import command_main
+
+    return command_main("segrl ppo", argv, make_parser, run, HELP_GROUPS)

@@ -9,21 +9,14 @@ from .rewards import source_from_reward_model
 from .trainer import SegmentPPOTrainer
 
 
-def load_prompts(name_or_path: str, split: str = "train", column: str = "prompt") -> list:
-    """Prompts from a local JSONL / JSON / parquet file or a Hub dataset id (a ``prompt`` column)."""
-    import os
+def load_prompts(name_or_path: str, split: str = "train", column: str = "prompt", *, arg: str = "dataset_name",
+                 drop_empty: bool = False) -> list:
+    """Prompts (a ``column`` of text or chat messages) through segrl's one data loader and check
+    (:func:`segrl.data_checks.load_data`: ``builtin:NAME``, local files, save_to_disk directories, Hub ids)."""
+    from segrl.data_checks import check_prompt_data, load_data
 
-    from datasets import load_dataset
-
-    if not name_or_path:
-        raise ValueError("`dataset` is required: a .jsonl/.json/.parquet file or a Hub id with a 'prompt' column")
-    if os.path.exists(name_or_path):
-        kind = "parquet" if name_or_path.endswith(".parquet") else "json"
-        ds = load_dataset(kind, data_files=name_or_path, split="train")
-    else:
-        ds = load_dataset(name_or_path, split=split)
-    if column not in ds.column_names:
-        raise ValueError(f"`dataset` {name_or_path!r} has no {column!r} column (columns: {ds.column_names})")
+    ds = load_data(name_or_path, split, arg=arg)
+    ds, _ = check_prompt_data(ds, arg, column, drop_empty=drop_empty)
     return list(ds[column])
 
 

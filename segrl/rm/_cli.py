@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 
 
@@ -22,10 +21,8 @@ def resolve_device(device: str):
 
 
 def run_main(name: str, fn: Callable[[], object]) -> int:
-    """Run ``fn``; a ``ValueError`` (bad option or data) becomes a one-line error and exit code 2."""
-    try:
-        fn()
-    except ValueError as err:
-        print(f"segrl {name}: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    """Run ``fn``: bad options / data become a one-line error and exit code 2, other failures exit 1
+    (``--debug`` / ``SEGRL_DEBUG=1``: full traceback). See :func:`segrl.commands._common.run_command`."""
+    from segrl.commands._common import run_command
+
+    return run_command(f"segrl {name}", fn)

@@ -12,7 +12,6 @@ chat templates render a prompt alone differently).
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,12 +27,11 @@ __all__ = [
 #: Columns a tokenised preference dataset carries (``chosen_ids`` / ``rejected_ids`` are TRL's).
 PROCESSED_COLUMNS = ("chosen_ids", "rejected_ids", "prompt_length")
 
-_LOCAL_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}
-
 
 def load_preference_dataset(name_or_path: str, split: str = "train", *, config: str | None = None,
                             max_samples: int | None = None):
-    """Load a preference dataset from a local file/directory or a Hub id.
+    """Load a preference dataset from ``builtin:NAME``, a local file/directory or a Hub id
+    (:func:`segrl.data_checks.load_data`, the loader every command uses).
 
     - A local ``.json`` / ``.jsonl`` / ``.parquet`` / ``.csv`` file (or a list of them, comma
       separated) is read with ``datasets.load_dataset(<builder>, data_files=...)``; all rows go to
@@ -43,32 +41,9 @@ def load_preference_dataset(name_or_path: str, split: str = "train", *, config: 
 
     Returns a ``datasets.Dataset`` (the first ``max_samples`` rows if given).
     """
-    import datasets
+    from segrl.data_checks import load_data  # the one loader of every command (also builtin:NAME)
 
-    if not isinstance(name_or_path, str) or not name_or_path:
-        raise ValueError(f"`dataset` must be a file path, a directory or a Hub id, got {name_or_path!r}")
-    files = [f.strip() for f in name_or_path.split(",") if f.strip()]
-    if all(os.path.isfile(f) for f in files):
-        exts = {os.path.splitext(f)[1].lower() for f in files}
-        builders = {_LOCAL_BUILDERS.get(e) for e in exts}
-        if None in builders or len(builders) != 1:
-            raise ValueError(
-                f"`dataset` files must all be one of {sorted(_LOCAL_BUILDERS)}, got extensions {sorted(exts)}"
-            )
-        ds = datasets.load_dataset(builders.pop(), data_files=files, split="train")
-    elif os.path.isdir(name_or_path) and os.path.isfile(os.path.join(name_or_path, "dataset_info.json")):
-        ds = datasets.load_from_disk(name_or_path)
-        if isinstance(ds, datasets.DatasetDict):
-            ds = ds[split]
-    elif os.path.exists(name_or_path) and not os.path.isdir(name_or_path):
-        raise ValueError(f"`dataset` {name_or_path!r} exists but is not a readable data file")
-    else:
-        ds = datasets.load_dataset(name_or_path, config, split=split)
-    if max_samples is not None:
-        if max_samples < 1:
-            raise ValueError(f"`max_samples` must be >= 1, got {max_samples}")
-        ds = ds.select(range(min(max_samples, len(ds))))
-    return ds
+    return load_data(name_or_path, split, config=config, max_samples=max_samples, arg="dataset")
 
 
 def check_preference_columns(column_names: Sequence[str], name: str = "dataset") -> bool:
