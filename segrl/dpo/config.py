@@ -7,13 +7,14 @@ from dataclasses import dataclass, field
 from trl import DPOConfig
 
 from segrl.asr_options import ASRArguments
+from segrl.checkpoints import ResumeArguments
 from segrl.token_rewards import TOKEN_REWARD_SOURCES
 
 SEGMENT_SPREAD_MODES = ("even", "end", "repeat")
 
 
 @dataclass
-class ASRDPOConfig(ASRArguments, DPOConfig):
+class ASRDPOConfig(ASRArguments, ResumeArguments, DPOConfig):
     r"""
     Configuration for [`ASRDPOTrainer`]: TRL's [`~trl.DPOConfig`] plus the Adaptive Segment-level
     Reward (ASR, arXiv 2411.00809) mask.

@@ -31,6 +31,7 @@ from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import get_config_model_id, use_adapter
 
 from segrl._trl_compat import check_trl_compat
+from segrl.checkpoints import CompleteCheckpointsMixin
 from segrl import ops
 from segrl._distributed import global_baseline
 from segrl.dpo.collator import PER_TOKEN_COLUMNS, DataCollatorForASRPreference
@@ -59,7 +60,7 @@ _REF_TOKEN_COLUMNS = ("ref_chosen_token_logps", "ref_rejected_token_logps")
 DELTA_SAMPLE_TOKENS = 100_000
 
 
-class ASRDPOTrainer(DPOTrainer):
+class ASRDPOTrainer(CompleteCheckpointsMixin, DPOTrainer):
     """TRL's [`~trl.DPOTrainer`] with segment-level credit assignment (ASR, arXiv 2411.00809).
 
     Drop-in: change the import and pass an [`ASRDPOConfig`]. For every pair, the chosen response

@@ -20,6 +20,7 @@ import torch
 from trl import GRPOConfig, GRPOTrainer
 
 from segrl._trl_compat import check_trl_compat
+from segrl.checkpoints import CompleteCheckpointsMixin, ResumeArguments
 from segrl import ops
 from segrl._distributed import global_baseline
 from segrl.ops import parse_baseline
@@ -30,7 +31,7 @@ check_trl_compat("grpo")  # fail at import if TRL changed what this module overr
 
 
 @dataclass
-class SegmentGRPOConfig(GRPOConfig):
+class SegmentGRPOConfig(ResumeArguments, GRPOConfig):
     """:class:`trl.GRPOConfig` plus the segment-reward and ASR options."""
 
     segment_reward_model: str | None = field(
@@ -72,7 +73,7 @@ def dense_group_advantages(seg_rewards: torch.Tensor, seg_valid: torch.Tensor, s
     return at_end.flip(1).cumsum(1).flip(1) * (segment_ids >= 0)
 
 
-class SegmentGRPOTrainer(GRPOTrainer):
+class SegmentGRPOTrainer(CompleteCheckpointsMixin, GRPOTrainer):
     """``GRPOTrainer`` whose advantages are dense (B, T) segment advantages from a segment RM.
 
     Pass ``segment_reward_model`` (a loaded :class:`segrl.rm.SegmentRewardModel`) or set

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from segrl.checkpoints import ResumeArguments
 from segrl.ops import parse_baseline
 
 
 @dataclass
-class SegmentPPOConfig:
+class SegmentPPOConfig(ResumeArguments):
     """Dense-reward PPO with a critic (arXiv 2501.02790) and the optional ASR policy mask (arXiv 2411.00809)."""
 
     output_dir: str = field(default="runs/ppo", metadata={"help": "Where checkpoints, logs and the final policy go."})

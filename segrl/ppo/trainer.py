@@ -9,8 +9,6 @@ maths lives in :mod:`segrl.ops`. TRL/transformers utilities do the log-probs and
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 import torch
@@ -22,6 +20,7 @@ from trl.trainer.utils import disable_dropout_in_model, entropy_from_logits, sel
 from segrl._trl_compat import check_trl_compat
 from segrl import ops
 from segrl._distributed import global_baseline
+from segrl.checkpoints import check_checkpoint, finalize_checkpoint, resolve_checkpoint
 
 from .config import SegmentPPOConfig
 from .rewards import SegmentRewardSource
@@ -348,23 +347,19 @@ class SegmentPPOTrainer:
         final = Path(self.args.output_dir) / f"checkpoint-{self.iteration}"
         tmp = final.with_name(final.name + ".tmp")
         self.accelerator.save_state(str(tmp))
+        self.accelerator.wait_for_everyone()  # every rank's RNG state is written
         if self.accelerator.is_main_process:
             (tmp / "segrl_state.json").write_text(json.dumps({"iteration": self.iteration, "history": self.history}))
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)  # a run killed mid-save leaves only a .tmp, never a corrupt checkpoint
+            finalize_checkpoint(tmp, final)  # marked complete, then renamed: a kill mid-save leaves only a .tmp
         self.accelerator.wait_for_everyone()
         return final
 
     def load_checkpoint(self, path: str) -> None:
-        if path == "latest":
-            found = sorted(Path(self.args.output_dir).glob("checkpoint-*[0-9]"), key=lambda p: int(p.name.split("-")[1]))
-            if not found:
-                raise ValueError(f"`resume_from_checkpoint='latest'` but {self.args.output_dir} has no checkpoint")
-            path = str(found[-1])
+        """Resume from ``path`` (or ``latest``: the newest complete checkpoint); see :func:`segrl.checkpoints.check_checkpoint`."""
+        path = resolve_checkpoint(path, self.args.output_dir)
+        check_checkpoint(path, layout="accelerate", resume_partial=self.args.resume_partial,
+                         world_size=self.accelerator.num_processes, process_index=self.accelerator.process_index)
         state_file = Path(path) / "segrl_state.json"
-        if not state_file.exists():
-            raise ValueError(f"`resume_from_checkpoint` {path!r} is not a segrl PPO checkpoint (no segrl_state.json)")
         self.accelerator.load_state(path)
         state = json.loads(state_file.read_text())
         self.iteration, self.history = state["iteration"], state["history"]

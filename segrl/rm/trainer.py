@@ -28,6 +28,7 @@ from trl.trainer.reward_trainer import DataCollatorForPreference
 from trl.trainer.utils import pad
 
 from segrl._trl_compat import check_trl_compat
+from segrl.checkpoints import CompleteCheckpointsMixin, ResumeArguments
 from segrl.rm.data import tokenize_preference_dataset
 from segrl.rm.entropy import add_entropy_columns, check_reference_vocab, load_reference_model
 from segrl.rm.model import (
@@ -47,7 +48,7 @@ __all__ = ["DataCollatorForSegmentPreference", "SegmentRewardConfig", "SegmentRe
 
 
 @dataclass
-class SegmentRewardConfig(RewardConfig):
+class SegmentRewardConfig(ResumeArguments, RewardConfig):
     """:class:`trl.RewardConfig` plus the segment reward model's options.
 
     Parameters:
@@ -131,7 +132,7 @@ class DataCollatorForSegmentPreference(DataCollatorForPreference):
         return output
 
 
-class SegmentRewardTrainer(RewardTrainer):
+class SegmentRewardTrainer(CompleteCheckpointsMixin, RewardTrainer):
     """Segment-level reward model trainer (arXiv 2501.02790) on top of :class:`trl.RewardTrainer`.
 
     Args:

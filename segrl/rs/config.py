@@ -7,13 +7,14 @@ from dataclasses import dataclass, field
 from trl import SFTConfig
 
 from segrl.asr_options import ASRArguments
+from segrl.checkpoints import ResumeArguments
 
 SEQUENCE_SCORES = ("rm", "sum", "mean")
 SELECTIONS = ("best", "threshold")
 
 
 @dataclass
-class ASRRejectionSamplingConfig(ASRArguments, SFTConfig):
+class ASRRejectionSamplingConfig(ASRArguments, ResumeArguments, SFTConfig):
     r"""
     Configuration for ASR rejection sampling: TRL's [`~trl.SFTConfig`] (the fine-tuning stage) plus
     sampling, scoring, selection and the ASR mask (arXiv 2411.00809, docs/method.md#rejection-sampling).

@@ -25,6 +25,7 @@ import torch
 from trl import SFTTrainer
 
 from segrl._trl_compat import check_trl_compat
+from segrl.checkpoints import CompleteCheckpointsMixin, resolve_checkpoint
 from segrl.rewards.segment_rm import SegmentRMRewards
 from segrl import ops
 from segrl.padding import pad_rows
@@ -45,7 +46,7 @@ DELTA_SAMPLE_TOKENS = 100_000
 SELECTED_FILE = "rs_selected.jsonl"
 
 
-class _RejectionSamplingSFTTrainer(SFTTrainer):
+class _RejectionSamplingSFTTrainer(CompleteCheckpointsMixin, SFTTrainer):
     """SFTTrainer that reports the selection statistics next to every training log line."""
 
     _tag_names = ["trl", "sft", "segrl", "asr-rejection-sampling"]
@@ -519,15 +520,3 @@ class ASRRejectionSampler:
                                                    "candidate_ids") if k in r} for r in records])
         return self.train(self.select(records))
 
-
-def resolve_checkpoint(args) -> str | bool | None:
-    """`resume_from_checkpoint` with `"last"` / `"true"` meaning the newest checkpoint in `output_dir`."""
-    value = args.resume_from_checkpoint
-    if isinstance(value, str) and value.lower() in ("last", "true"):
-        from transformers.trainer_utils import get_last_checkpoint
-
-        last = get_last_checkpoint(args.output_dir) if os.path.isdir(args.output_dir) else None
-        if last is None:
-            raise ValueError(f"resume_from_checkpoint={value!r} but {args.output_dir} holds no checkpoint")
-        return last
-    return value
