@@ -1,7 +1,8 @@
-"""Render an example token heat-map and check it in real headless Chromium.
+"""Render an example token heat-map and check it in real headless Chromium (or check a report.html).
 
     python scripts/check_heatmap_browser.py [--out-dir DIR] [--png] [--window-size 1200,800]
                                             [--docs docs/heatmap_example.png]
+    python scripts/check_heatmap_browser.py --report runs/demo/report.html [--out-dir DIR]
 
 The README image is made with ``--window-size 1200,600 --docs docs/heatmap_example.png``.
 
@@ -9,6 +10,11 @@ Checks (exit status 1 on failure): the page loads offline, the rendered DOM has 
 ``<span>`` per token, tokens dropped by the keep-mask have a lower *computed* opacity than kept
 ones, and the screenshot is not blank. ``--docs`` also copies the screenshot for the README.
 The test ``tests/test_viz.py::test_browser_render`` imports this file and calls :func:`check`.
+
+``--report`` checks a pipeline report (``segrl demo`` / ``segrl experiment``) instead, with
+:func:`check_report`: every inline image decodes, every heat-map iframe renders its token spans (and
+the oracle marks under labelled tokens), the credit table and the provenance block are there, and a
+full-page screenshot is not blank.
 """
 
 from __future__ import annotations
@@ -181,16 +187,71 @@ def check(html_path: pathlib.Path, work_dir: pathlib.Path, *, n_tokens: int, n_d
     return result
 
 
+# Injected into a copy of a report: after load, measures images, iframes and sections.
+_REPORT_SCRIPT = """<script>
+window.addEventListener('load', function () {
+  var imgs = Array.prototype.slice.call(document.querySelectorAll('img'));
+  var frames = Array.prototype.slice.call(document.querySelectorAll('iframe')).map(function (f) {
+    var d = f.contentDocument;
+    return d ? {tokens: d.querySelectorAll('span.tok').length,
+                labelled: d.querySelectorAll('span.tok.lab-pos, span.tok.lab-neg').length,
+                height: d.documentElement.scrollHeight} : null;
+  });
+  var out = document.createElement('pre');
+  out.id = 'segrl-report-check';
+  out.style.display = 'none';
+  out.textContent = JSON.stringify({
+    n_images: imgs.length,
+    n_images_decoded: imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length,
+    frames: frames,
+    sections: Array.prototype.slice.call(document.querySelectorAll('h2')).map(function (h) { return h.textContent; }),
+    has_credit: !!document.getElementById('credit'),
+    has_provenance: !!document.getElementById('provenance'),
+    page_height: document.documentElement.scrollHeight
+  });
+  document.body.appendChild(out);
+});
+</script>"""
+
+
+def check_report(report_path: pathlib.Path, work_dir: pathlib.Path, *, width: int = 1300) -> dict:
+    """Load a pipeline ``report.html`` in Chromium; return measurements, raise AssertionError on failure.
+
+    The screenshot (``work_dir/report.png``) covers the whole page height.
+    """
+    work_dir.mkdir(parents=True, exist_ok=True)
+    probe = work_dir / "report_probe.html"
+    probe.write_text(report_path.read_text(encoding="utf-8").replace("</body>", _REPORT_SCRIPT + "</body>"),
+                     encoding="utf-8")
+    dom = dump_dom(probe)
+    found = re.search(r'<pre id="segrl-report-check"[^>]*>(.*?)</pre>', dom, re.S)
+    assert found, "the report check script did not run (no #segrl-report-check element in the dumped DOM)"
+    result = json.loads(html.unescape(found.group(1)))
+    assert result["n_images"] >= 2 and result["n_images_decoded"] == result["n_images"], f"broken images: {result}"
+    assert result["frames"] and all(f and f["tokens"] > 0 for f in result["frames"]), f"empty heat-map: {result}"
+    assert result["has_credit"] and result["has_provenance"], f"missing credit table or provenance: {result}"
+    png = screenshot(report_path, work_dir / "report.png", f"{width},{min(result['page_height'] + 40, 16000)}")
+    result["screenshot"] = str(png)
+    result["distinct_colours"] = distinct_colours(png)
+    assert result["distinct_colours"] > 50, f"screenshot looks blank: {result['distinct_colours']} colours"
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out-dir", default=None, help="keep outputs here (default: a temp dir)")
     parser.add_argument("--docs", default=None, help="also copy the screenshot here (e.g. docs/heatmap_example.png)")
     parser.add_argument("--png", action="store_true", help="also write the matplotlib PNG (heatmap_mpl.png)")
     parser.add_argument("--window-size", default="1200,800", help="browser window WIDTH,HEIGHT for the screenshot")
+    parser.add_argument("--report", default=None, help="check this pipeline report.html instead of the example")
     args = parser.parse_args(argv)
     if not pathlib.Path(CHROMIUM).exists():
         print(f"skip: {CHROMIUM} not found", file=sys.stderr)
         return 2
+    if args.report:
+        out = pathlib.Path(args.out_dir or tempfile.mkdtemp(prefix="segrl-report-"))
+        print(json.dumps(check_report(pathlib.Path(args.report), out), indent=2))
+        return 0
 
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # run from a checkout
     from segrl.viz import render_html, render_png, validate_rows

@@ -123,6 +123,28 @@ def test_html_summary_and_legend():
     assert 'class="legend"' in doc and "linear-gradient" in doc
 
 
+def test_html_draws_oracle_labels_under_labelled_tokens():
+    labels = [1, 0, -1, 0, True, False, 0]
+    doc = render_html([_row(labels=labels), _row(title="unlabelled")])
+    spans = _spans(doc)
+    # row 0: one lab-pos / lab-neg class per labelled token (bools accepted); row 1 has none
+    assert [("lab-pos" in c) - ("lab-neg" in c) for c, _ in spans[:7]] == [1, 0, -1, 0, 1, -1, 0]
+    assert not any({"lab-pos", "lab-neg"} & c for c, _ in spans[7:])
+    assert doc.count('data-label="-1"') == 2 and "label: wrong" in doc
+    assert "labels <b>2</b> ✓ / <b>2</b> ✗" in doc and "oracle label: correct / wrong" in doc
+    assert "oracle label" not in render_html([_row()])  # legend entry only when some row has labels
+    # the mark is drawn by CSS under the token (a pseudo-element: still one span per token)
+    assert '.tok.lab-neg::after { content: "✗"' in doc and doc.count("<span") == 14
+
+
+def test_html_columns_put_rows_side_by_side():
+    doc = render_html([_row(side="chosen"), _row(side="rejected")], columns=2, intro="<p id='x'>pair</p>")
+    assert 'class="grid" style="grid-template-columns:repeat(2, minmax(0, 1fr))"' in doc and "<p id='x'>" in doc
+    assert 'class="grid"' not in render_html([_row()])
+    with pytest.raises(ValueError, match="columns"):
+        render_html([_row()], columns=0)
+
+
 def test_aliases_match_canonical_keys():
     canon = _row()
     alias = {k: v for k, v in canon.items() if k not in ("rewards", "kept")}
@@ -151,6 +173,8 @@ def test_render_html_writes_file(tmp_path):
         ({"tokens": ["a"], "rewards": [1], "mask": ["yes"]}, ["row 1", "'kept'[0]"]),
         ({"tokens": "ab", "rewards": [1, 2]}, ["row 1", "'tokens'", "list"]),
         ({"tokens": [1], "rewards": [1]}, ["row 1", "'tokens'[0]"]),
+        ({"tokens": ["a", "b"], "rewards": [1, 2], "labels": [1]}, ["row 1", "'labels'", "length 1"]),
+        ({"tokens": ["a"], "rewards": [1], "labels": [2]}, ["row 1", "'labels'[0]"]),
     ],
 )
 def test_bad_rows_raise_naming_field(row, words):
@@ -243,6 +267,13 @@ def test_png_is_written_valid_and_deterministic(tmp_path):
 
     img = mpimg.imread(str(a))
     assert img.shape[:2] == (height, width) and img[..., :3].std() > 0.05  # not blank
+
+
+def test_png_makes_room_for_labels(tmp_path):
+    plain = render_png([_row()], tmp_path / "a.png", dpi=50)
+    labelled = render_png([_row(labels=[1, 0, -1, 0, 1, -1, 0])], tmp_path / "b.png", dpi=50)
+    (w0, h0), (w1, h1) = _png_size(plain), _png_size(labelled)
+    assert w0 == w1 and h1 > h0  # one extra band under the single token line
 
 
 def test_png_wraps_long_rows_and_limits_rows(tmp_path):

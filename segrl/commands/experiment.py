@@ -85,8 +85,11 @@ def _ordered(methods: list[str]) -> list[str]:
 
 
 def write_outputs(cfg: ExperimentConfig, pipeline, results: list[dict], sft_records: list[dict], command: str,
-                  *, heatmap_html: str | None = None, intro_html: str = "", final: bool = True) -> dict:
-    """results.json, results.md, curves.png, comparison.png and report.html from the finished runs."""
+                  *, heatmap_html: str | None = None, intro_html: str = "", final: bool = True,
+                  report_extra: dict | None = None) -> dict:
+    """results.json, results.md, curves.png, comparison.png and report.html from the finished runs.
+
+    ``report_extra``: more keyword arguments of :func:`segrl.pipeline.report.render_report`."""
     from segrl.pipeline.report import (
         aggregate,
         comparison_png,
@@ -139,7 +142,7 @@ def write_outputs(cfg: ExperimentConfig, pipeline, results: list[dict], sft_reco
         return {"summary": summary, "paths": paths}
     render_report(paths["report"], title=cfg.title, summary=summary, intro_html=intro_html, curves=curves,
                   comparison=comparison, rm_records=rm_records, pair_stats=pair_stats, heatmap_html=heatmap_html,
-                  timings=pipeline.timings, settings=cfg.to_dict(), command=command)
+                  timings=pipeline.timings, settings=cfg.to_dict(), command=command, **(report_extra or {}))
     return {"summary": summary, "paths": paths}
 
 

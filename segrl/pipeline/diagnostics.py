@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["credit_auc", "segment_rm_credit"]
+__all__ = ["credit_auc", "implicit_credit", "mask_credit", "segment_rm_credit"]
 
 
 def credit_auc(rewards_by_side: dict[str, list[list[float]]], oracle_by_side: dict[str, list[list[float]]]) -> dict:
@@ -49,6 +49,22 @@ def segment_rm_credit(rm, rows, *, max_rows: int = 400, normalize: bool = True) 
         rewards[side] = [values[b, : int(mask[b].sum())].tolist() for b in range(len(rows))]
         oracle[side] = [r[f"{side}_token_rewards"] for r in rows]
     return credit_auc(rewards, oracle)
+
+
+@torch.no_grad()
+def implicit_credit(policy, ref_model, rows, *, beta: float = 0.1, max_rows: int = 400, batch_size: int = 64) -> dict:
+    """Token-credit metrics of the implicit DPO reward ``beta * (log pi - log pi_ref)`` of a policy / reference
+    pair (models or paths) on preference rows carrying oracle columns."""
+    from segrl.rm.evaluate import evaluate_credit
+    from segrl.token_rewards import ImplicitTokenRewards, _tokenizer_at
+
+    tokenizer = _tokenizer_at(policy) or _tokenizer_at(ref_model)
+    if tokenizer is None:
+        raise ValueError("`policy` / `ref_model` carry no tokenizer")
+    source = ImplicitTokenRewards(str(policy), str(ref_model), beta=beta, policy_tokenizer=tokenizer,
+                                  batch_size=batch_size)
+    return evaluate_credit(source, list(rows)[:max_rows], tokenizer, labels="columns",
+                           label_columns=("chosen_token_rewards", "rejected_token_rewards"), batch_size=batch_size)
 
 
 def mask_credit(rewards_by_side: dict, oracle_by_side: dict, options, *, batch_size: int = 32,

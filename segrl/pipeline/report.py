@@ -11,10 +11,16 @@ from pathlib import Path
 __all__ = [
     "aggregate",
     "comparison_png",
+    "curves_figure",
     "curves_png",
+    "credit_table_html",
     "heldout_heatmap_rows",
+    "library_versions",
     "markdown_table",
+    "provenance_html",
     "render_report",
+    "training_pair_rows",
+    "y_limits",
 ]
 
 #: (column key, record path) of the numbers aggregated per method.
@@ -130,50 +136,116 @@ def _plt():
     return plt
 
 
+#: Line style of each family on the one-chart view of every method.
+FAMILY_STYLES = {"dpo": "-", "ppo": "--", "rs": ":"}
+#: Smallest y range a learning-curve panel shows (accuracies): noise of a few thousandths never fills the axis.
+MIN_Y_SPAN = 0.2
+
+
+def y_limits(values, level: float | None = None, *, min_span: float = MIN_Y_SPAN) -> tuple[float, float]:
+    """y-axis range for accuracy curves: every value and the SFT ``level`` inside, at least ``min_span``
+    wide, padded 5%, kept within [0, 1] (shifted, not cut, when it would cross a bound)."""
+    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    if level is not None:
+        vals.append(float(level))
+    if not vals:
+        return 0.0, 1.0
+    lo, hi = min(vals), max(vals)
+    span = max(hi - lo, min_span)
+    mid = (lo + hi) / 2
+    lo, hi = mid - 0.55 * span, mid + 0.55 * span
+    if lo < 0.0:
+        lo, hi = 0.0, min(1.0, hi - lo)
+    if hi > 1.0:
+        lo, hi = max(0.0, lo - (hi - 1.0)), 1.0
+    return lo, hi
+
+
+def _curve_stats(runs: list[dict], metric: str) -> tuple[list[int], list[float], list[float | None]]:
+    """Checkpoint steps, the mean over seeds and the sample std (``None`` where fewer than 2 seeds)."""
+    steps = sorted({c["step"] for r in runs for c in r["curve"]})
+    means, stds = [], []
+    for s in steps:
+        st = _stats([c[metric] for r in runs for c in r["curve"] if c["step"] == s])
+        means.append(st["mean"])
+        stds.append(st["std"] if len(st["values"]) > 1 else None)
+    return steps, means, stds
+
+
 def curves_png(results: list[dict], sft_records: list[dict], path: str | Path) -> Path:
-    """Dev learning curves: step accuracy (top) and exact match (bottom), one column per family;
-    mean over seeds with a ± std band; the SFT level dashed."""
+    """:func:`curves_figure` saved as a PNG."""
+    fig = curves_figure(results, sft_records)
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    _plt().close(fig)
+    return path
+
+
+def curves_figure(results: list[dict], sft_records: list[dict]):
+    """Dev learning curves: step accuracy and exact match, one column per family (x: that family's
+    steps, integers), mean over seeds with a ± std band only where 2+ seeds ran; the SFT level dashed;
+    y ranges that contain SFT and are at least :data:`MIN_Y_SPAN` wide. The bottom panel puts every
+    method's per-checkpoint dev step accuracy on one chart (x: fraction of the run's steps)."""
+    from matplotlib.ticker import MaxNLocator
+
     plt = _plt()
     families = [f for f in ("dpo", "ppo", "rs") if any(r["family"] == f for r in results)]
-    fig, axes = plt.subplots(2, max(1, len(families)), figsize=(5.2 * max(1, len(families)), 7.0),
-                             squeeze=False, constrained_layout=True)
+    ncol = max(1, len(families))
+    fig = plt.figure(figsize=(max(10.0, 5.2 * ncol), 11.0), constrained_layout=True)
+    grid = fig.add_gridspec(3, ncol, height_ratios=[1, 1, 1.15])
     sft_dev = {m: sum(r["dev"][m] for r in sft_records) / len(sft_records) for m in ("step_accuracy", "exact_match")}
+    by_method: dict[str, list[dict]] = {}
+    for r in results:
+        by_method.setdefault(r["method"], []).append(r)
+    colours = {name: f"C{i % 10}" for i, name in enumerate(by_method)}
     for col, family in enumerate(families):
-        methods: dict[str, list[dict]] = {}
-        for r in results:
-            if r["family"] == family:
-                methods.setdefault(r["method"], []).append(r)
+        methods = {n: runs for n, runs in by_method.items() if runs[0]["family"] == family}
         for row, metric in enumerate(("step_accuracy", "exact_match")):
-            ax = axes[row][col]
-            for i, (name, runs) in enumerate(methods.items()):
-                steps = sorted({c["step"] for r in runs for c in r["curve"]})
-                means, stds = [], []
-                for s in steps:
-                    vals = [c[metric] for r in runs for c in r["curve"] if c["step"] == s]
-                    st = _stats(vals)
-                    means.append(st["mean"])
-                    stds.append(st["std"])
-                ax.plot(steps, means, marker="o", ms=3, color=f"C{i}", label=runs[0]["label"])
-                if len(runs) > 1:
-                    ax.fill_between(steps, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
-                                    color=f"C{i}", alpha=0.15)
+            ax = fig.add_subplot(grid[row, col])
+            shown = []
+            for name, runs in methods.items():
+                steps, means, stds = _curve_stats(runs, metric)
+                ax.plot(steps, means, marker="o", ms=3, color=colours[name], label=runs[0]["label"])
+                shown += means
+                band = [(s, m, d) for s, m, d in zip(steps, means, stds) if d is not None]
+                if band:
+                    xs, ms, ds = zip(*band)
+                    ax.fill_between(xs, [m - d for m, d in zip(ms, ds)], [m + d for m, d in zip(ms, ds)],
+                                    color=colours[name], alpha=0.15)
+                    shown += [m - d for m, d in zip(ms, ds)] + [m + d for m, d in zip(ms, ds)]
             ax.axhline(sft_dev[metric], color="gray", ls="--", lw=1, label="SFT")
+            ax.set_ylim(*y_limits(shown, sft_dev[metric]))
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_title(FAMILY_TITLES[family] if row == 0 else "", fontsize=10)
             ax.set_ylabel(f"dev {metric.replace('_', ' ')}")
             ax.grid(alpha=0.3)
-            if row == 1:  # exact match starts near 0: the upper left of the lower panel is free
-                ax.legend(fontsize=7, loc="upper left")
-    if not families:
-        axes[0][0].text(0.5, 0.5, "no method runs", ha="center")
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+            if row == 1:
+                ax.legend(fontsize=7, loc="best")
+    ax = fig.add_subplot(grid[2, :])
+    shown = []
+    for name, runs in by_method.items():
+        steps, means, _ = _curve_stats(runs, "step_accuracy")
+        last = max(steps) if steps and max(steps) > 0 else 1
+        ax.plot([s / last for s in steps], means, marker="o", ms=3, color=colours[name],
+                ls=FAMILY_STYLES.get(runs[0]["family"], "-"), label=runs[0]["label"])
+        shown += means
+    ax.axhline(sft_dev["step_accuracy"], color="gray", ls="--", lw=1, label="SFT")
+    ax.set_ylim(*y_limits(shown, sft_dev["step_accuracy"]))
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_title("every method on one chart: per-checkpoint dev step accuracy (mean over seeds; "
+                 "solid DPO, dashed PPO, dotted RS)", fontsize=10)
+    ax.set_xlabel("training progress (fraction of the run's DPO steps / PPO iterations / RS steps)")
+    ax.set_ylabel("dev step accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    if not by_method:
+        ax.text(0.5, 0.5, "no method runs", ha="center", transform=ax.transAxes)
+    return fig
 
 
 def comparison_png(summary: dict, path: str | Path) -> Path:
     """Bar chart: held-out test step accuracy and exact match per method (final, best-on-dev) and the
-    dev mean over checkpoints; error bars are the std over seeds."""
+    dev mean over checkpoints, y from 0 to 1; error bars (std over seeds) only on bars of 2+ seeds."""
     plt = _plt()
     names = list(summary["methods"])
     labels = ["SFT"] + [summary["methods"][n]["label"] for n in names]
@@ -184,13 +256,15 @@ def comparison_png(summary: dict, path: str | Path) -> Path:
     for ax, metric in zip(axes, ("step_accuracy", "exact_match")):
         sft = summary["sft"][f"final_{metric}"]
         for k, (kind, title) in enumerate(kinds):
-            means, errs = [sft["mean"] if kind == "final" else float("nan")], [sft["std"] if kind == "final" else 0]
-            for n in names:
-                st = summary["methods"][n][f"{kind}_{metric}"]
-                means.append(st["mean"] if st["mean"] is not None else float("nan"))
-                errs.append(st["std"] or 0.0)
+            stats = [sft if kind == "final" else None] + [summary["methods"][n][f"{kind}_{metric}"] for n in names]
+            means = [st["mean"] if st and st["mean"] is not None else float("nan") for st in stats]
             xs = [i + (k - 1) * width for i in range(len(labels))]
-            ax.bar(xs, means, width, yerr=errs, capsize=2, label=title, color=f"C{k}", alpha=0.85)
+            ax.bar(xs, means, width, label=title, color=f"C{k}", alpha=0.85)
+            bars = [(x, st["mean"], st["std"]) for x, st in zip(xs, stats)
+                    if st and st["mean"] is not None and len(st.get("values", [])) > 1]
+            if bars:
+                bx, by, be = zip(*bars)
+                ax.errorbar(bx, by, yerr=be, fmt="none", ecolor="#222", capsize=2, lw=1)
         ax.set_xticks(range(len(labels)))
         ax.set_xticklabels(labels, rotation=35, ha="right", fontsize=8)
         ax.tick_params(axis="x", labelbottom=ax is axes[-1])
@@ -246,8 +320,65 @@ def heldout_heatmap_rows(rm, prompts: list[str], responses: dict[str, list[str]]
             "prompt": p, "side": name, "seq_sign": int(seq_sign[b]), "fallback": bool(fallback[b]),
             "tokens": [tok.decode([t]) for t in response_ids[b]][:n],
             "rewards": rewards[b, :n].tolist(), "segment_ids": seg[b, :n].tolist(), "kept": keep[b, :n].tolist(),
+            "labels": _oracle_labels(tok, p, r, n),
         })
     return rows
+
+
+def _oracle_labels(tokenizer, prompt: str, response: str, n: int) -> list[int] | None:
+    """The built-in task's oracle label (+1 / -1 / 0) of each of the ``n`` response tokens, or ``None``
+    when the oracle's tokenisation does not line up with the RM's."""
+    from segrl.tasks import oracle_token_rewards
+
+    values = oracle_token_rewards(tokenizer, prompt, response)
+    return [(v > 0) - (v < 0) for v in values] if len(values) == n else None
+
+
+def training_pair_rows(rm, pairs: list[dict], *, baseline="sequence_mean", delta=0.0, delta_quantile: float = 0.3,
+                       n_pairs: int = 2, sample: int = 256) -> tuple[list[dict], float]:
+    """Heat-map rows of ``n_pairs`` training pairs with the ASR mask ASR-DPO trains on, chosen then rejected.
+
+    The first ``sample`` pairs are scored by ``rm`` (normalised token rewards over its segments); chosen
+    rows get sequence sign +1, rejected -1 (docs/method.md#sequence-sign), and the keep-mask uses
+    ``baseline`` and ``delta`` (``"auto"`` resolved over the sample's tokens, as training resolves it over
+    the training set's). Conflict pairs (a wrong step in chosen, a correct one in rejected) are shown
+    first: they are where a segment mask should differ from the sequence label. Labels: the pairs'
+    oracle columns. Returns ``(rows, resolved_delta)``.
+    """
+    import torch
+
+    from segrl import ops
+    from segrl.tasks import is_conflict_pair
+
+    pairs = list(pairs)[:sample]
+    if not pairs:
+        raise ValueError("`pairs` is empty")
+    n = len(pairs)
+    prompts = [r["prompt"] for r in pairs] * 2
+    responses = [r["chosen"] for r in pairs] + [r["rejected"] for r in pairs]
+    rewards, mask, seg = rm.score_tokens(prompts, responses, return_segment_ids=True, batch_size=64)
+    sign = torch.tensor([1] * n + [-1] * n)
+    resolved = ops.resolve_delta(rewards, mask, baseline, delta, delta_quantile)
+    keep = ops.asr_mask(rewards, mask, sign, baseline=baseline, delta=resolved)
+    fallback = ~ops.asr_mask(rewards, mask, sign, baseline=baseline, delta=resolved, empty="none").any(dim=1)
+    order = sorted(range(n), key=lambda i: not is_conflict_pair(pairs[i]["prompt"], pairs[i]["chosen"],
+                                                                pairs[i]["rejected"]))[:n_pairs]
+    _, response_ids = rm.tokenize(prompts, responses)
+    rows = []
+    for k, i in enumerate(order):
+        for side, b in (("chosen", i), ("rejected", n + i)):
+            m = int(mask[b].sum())
+            oracle = pairs[i].get(f"{side}_token_rewards")
+            labels = [(v > 0) - (v < 0) for v in oracle] if oracle is not None and len(oracle) == m else \
+                _oracle_labels(rm.tokenizer, prompts[b], responses[b], m)
+            rows.append({
+                "title": f"pair {k + 1}: {pairs[i]['prompt']}", "prompt": pairs[i]["prompt"], "side": side,
+                "seq_sign": int(sign[b]), "fallback": bool(fallback[b]),
+                "tokens": [rm.tokenizer.decode([t]) for t in response_ids[b]][:m],
+                "rewards": rewards[b, :m].tolist(), "segment_ids": seg[b, :m].tolist(), "kept": keep[b, :m].tolist(),
+                "labels": labels,
+            })
+    return rows, float(resolved)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -262,8 +393,9 @@ table{border-collapse:collapse;font-size:0.88em;margin:8px 0}
 th,td{border:1px solid #ccc;padding:4px 8px;text-align:right} th{background:#f3f3f3}
 td:first-child,th:first-child{text-align:left}
 img{max-width:100%;border:1px solid #eee} .note{color:#555;font-size:0.9em}
-iframe{width:100%;height:720px;border:1px solid #ccc} code{background:#f5f5f5;padding:1px 4px}
-pre{background:#f7f7f7;padding:8px;overflow:auto;font-size:0.85em}
+iframe{width:100%;height:720px;border:1px solid #ccc} iframe.pairs{height:560px}
+code{background:#f5f5f5;padding:1px 4px}
+pre{background:#f7f7f7;padding:8px;overflow:auto;font-size:0.85em} table.kv td{text-align:left}
 """
 
 
@@ -274,13 +406,82 @@ def _img(path: str | Path, alt: str) -> str:
 
 def _kv_table(rows: list[tuple[str, str]]) -> str:
     body = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(v)}</td></tr>" for k, v in rows)
-    return f"<table><tbody>{body}</tbody></table>"
+    return f"<table class='kv'><tbody>{body}</tbody></table>"
+
+
+def _f3(v) -> str:
+    return "–" if v is None else f"{v:.3f}"
+
+
+def credit_rows_from_rm_records(rm_records: list[dict]) -> list[dict]:
+    """``{"seed", "source", "credit"}`` rows of the credit table, one per RM record carrying credit."""
+    return [{"seed": r.get("seed", ""), "source": f"{r['arm']} RM (c = {r['threshold']})", "credit": r["credit"]}
+            for r in rm_records if r.get("credit")]
+
+
+def credit_table_html(rows: list[dict]) -> str:
+    """The token-credit table (docs/method.md#token-credit): one row per (seed, token-reward source)."""
+    head = ("<tr><th>token-reward source</th><th>seed</th><th>within-response AUC</th><th>… chosen</th>"
+            "<th>… rejected</th><th>pooled AUC</th><th>first error at the largest drop</th><th>chance</th>"
+            "<th>labelled tokens ✓ / ✗</th></tr>")
+    body = ""
+    for r in rows:
+        c = r["credit"]
+        body += (f"<tr><td>{html.escape(str(r['source']))}</td><td>{html.escape(str(r.get('seed', '')))}</td>"
+                 f"<td><b>{_f3(c.get('auc_within_response'))}</b></td>"
+                 f"<td>{_f3(c.get('auc_within_response_chosen'))}</td>"
+                 f"<td>{_f3(c.get('auc_within_response_rejected'))}</td><td>{_f3(c.get('auc'))}</td>"
+                 f"<td>{_f3(c.get('first_error_hit_rate'))} ({c.get('first_error_n', 0)} resp.)</td>"
+                 f"<td>{_f3(c.get('first_error_chance'))}</td>"
+                 f"<td>{c.get('n_correct', '–')} / {c.get('n_wrong', '–')}</td></tr>")
+    return f"<table id='credit-table'><thead>{head}</thead><tbody>{body}</tbody></table>"
+
+
+def library_versions() -> dict[str, str]:
+    """Installed versions of segrl and the libraries its results depend on (``"-"`` when missing)."""
+    import platform
+    from importlib import metadata
+
+    out = {}
+    for name in ("segrl", "trl", "transformers", "torch", "accelerate", "datasets"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "-"
+    out["python"] = platform.python_version()
+    return out
+
+
+def provenance_html(command: str, settings: dict, timings: dict[str, float], *,
+                    wall_seconds: float | None = None) -> str:
+    """Command, seeds, wall time, library versions and the resolved configuration, for the report's end."""
+    import datetime
+
+    seeds = settings.get("seeds", settings.get("seed", "–"))
+    wall = wall_seconds if wall_seconds is not None else sum(timings.values())
+    versions = library_versions()
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    rows = [("command", command), ("seeds", str(seeds)),
+            ("wall time", f"{wall:.0f} s (this invocation; stages found in the cache are reused, not re-timed)"),
+            ("versions", ", ".join(f"{k} {v}" for k, v in versions.items())), ("written", stamp)]
+    rows += [(f"stage: {k}", f"{v:.0f} s") for k, v in timings.items()]
+    return ("<section id='provenance'><h2>Provenance</h2>" + _kv_table(rows)
+            + "<details><summary>resolved configuration (every option, defaults included)</summary><pre>"
+            + html.escape(json.dumps(settings, indent=2, default=str)) + "</pre></details></section>")
 
 
 def render_report(path: str | Path, *, title: str, summary: dict, intro_html: str, curves: Path | None,
                   comparison: Path | None, rm_records: list[dict], pair_stats: list[dict], heatmap_html: str | None,
-                  timings: dict[str, float], settings: dict, command: str, notes_html: str = "") -> Path:
-    """Write the single-file HTML report (images inline as base64, the heat-map in an ``iframe srcdoc``)."""
+                  timings: dict[str, float], settings: dict, command: str, notes_html: str = "",
+                  credit_rows: list[dict] | None = None, training_pairs_html: str | None = None,
+                  wall_seconds: float | None = None) -> Path:
+    """Write the single-file HTML report (images inline as base64, heat-maps in ``iframe srcdoc``).
+
+    Sections: the results table with the token-credit table next to it (RM records' ``credit`` plus
+    ``credit_rows``: ``{"seed", "source", "credit"}``), learning curves, the comparison chart, reward
+    models, preference pairs, ``training_pairs_html`` (pairs with their training masks), the held-out
+    heat-maps, and a provenance block (command, seeds, wall time, library versions, resolved config).
+    """
     parts = [(f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
               f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"), intro_html]
     parts.append("<h2>Held-out evaluation</h2>" + html_table(summary))
@@ -291,29 +492,33 @@ def render_report(path: str | Path, *, title: str, summary: dict, intro_html: st
         "the evaluated checkpoints on <i>dev</i>; <b>kept tokens</b>: the fraction of response tokens in the loss "
         "(1 for unmasked methods). Step accuracy = correct <code>a+b=c</code> steps / expected steps; exact = the "
         "whole response right. With several seeds: mean ± sample std.</p>")
+    credit = credit_rows_from_rm_records(rm_records) + list(credit_rows or [])
+    if credit:
+        parts.append(
+            "<section id='credit'><h2>Token credit of the reward sources</h2>" + credit_table_html(credit)
+            + "<p class='note'>On the held-out preference pairs, against the oracle's token labels (result digits "
+            "of each step: correct / wrong). <b>Within-response AUC</b>: how well <code>r<sub>t</sub></code> minus "
+            "its response's mean separates correct from wrong tokens, pooled over responses; 0.5 = the source "
+            "only ranks whole responses, 1.0 = perfect localisation. This is what a sequence-mean ASR mask "
+            "relies on. <b>Pooled AUC</b> on raw rewards also credits a response-level score. <b>First error at "
+            "the largest drop</b>: the share of responses with a wrong step whose most negative "
+            "<code>r<sub>t</sub> − r<sub>t−1</sub></code> falls in the tokens of their first wrong step "
+            "(<b>chance</b>: a drop placed at random). <code>segrl eval-rm</code> prints the same numbers for "
+            "any labelled data.</p></section>")
     if curves is not None:
         parts.append("<h2>Learning curves (dev prompts)</h2>" + _img(curves, "learning curves"))
     if comparison is not None:
         parts.append("<h2>Comparison</h2>" + _img(comparison, "comparison bar chart"))
     if rm_records:
         head = ("<tr><th>seed</th><th>RM</th><th>c</th><th>pairwise acc (held-out pairs)</th><th>segments / resp.</th>"
-                "<th>segment length</th><th>credit AUC (pooled)</th><th>credit AUC (within response)</th>"
-                "<th>time (s)</th></tr>")
+                "<th>segment length</th><th>time (s)</th></tr>")
         body = ""
         for r in rm_records:
-            cr = r.get("credit", {})
-            f = (lambda v: "–" if v is None else f"{v:.3f}")
             body += (f"<tr><td>{r.get('seed', '')}</td><td>{r['arm']}</td><td>{r['threshold']}</td>"
                      f"<td>{r['eval']['accuracy']:.3f}</td><td>{r['eval']['segments_per_response']:.2f}</td>"
-                     f"<td>{r['eval']['mean_segment_length']:.2f}</td><td>{f(cr.get('auc'))}</td>"
-                     f"<td>{f(cr.get('auc_within_response'))}</td>"
-                     f"<td>{r['seconds']:.0f}</td></tr>")
+                     f"<td>{r['eval']['mean_segment_length']:.2f}</td><td>{r['seconds']:.0f}</td></tr>")
         parts.append("<h2>Reward models</h2><table>" + head + body + "</table>"
-                     "<p class='note'>Credit AUC: how well the RM's normalised token reward separates correct from "
-                     "wrong result digits (oracle labels) on the held-out pairs. Pooled, a sequence-level score alone "
-                     "already helps (responses with more errors score lower); within response (rewards minus their "
-                     "response's mean), 0.5 means no token-level credit: that is what a sequence-mean ASR mask "
-                     "relies on.</p>")
+                     "<p class='note'>Their token credit is in the table above.</p>")
         for r in rm_records:
             plot = r.get("normalizer_plot")
             if plot and Path(plot).is_file():
@@ -326,20 +531,26 @@ def render_report(path: str | Path, *, title: str, summary: dict, intro_html: st
                   f"{p['chosen_wrong_parts']:.2f} / rejected {p['rejected_wrong_parts']:.2f}"))
                 for p in pair_stats]
         parts.append("<h2>Preference pairs</h2>" + _kv_table(rows))
+    if training_pairs_html:
+        parts.append(
+            "<h2>What the mask did in training: two training pairs</h2><p class='note'>Chosen (left) and rejected "
+            "(right) response of two training pairs, scored by the reward model ASR-DPO takes its token rewards "
+            "from, with the keep-mask it trains on: struck-through / faded tokens are left out of the loss. The "
+            "✓ / ✗ under a token is the oracle's verdict on that step's result: a mask that assigns credit keeps "
+            "the ✓ tokens of the chosen response and the ✗ tokens of the rejected one.</p>"
+            f"<iframe class='pairs' srcdoc=\"{html.escape(training_pairs_html, quote=True)}\"></iframe>")
     if heatmap_html:
         parts.append(
             "<h2>Token heat-maps of held-out responses</h2><p class='note'>Each row is a greedy response to a held-out "
             "prompt, scored by the segment RM: colour = normalised token reward (blue above 0, red below), bars = the "
             "RM's entropy segments, struck-through / faded tokens are outside the ASR mask (sequence sign from the RM "
-            "score vs the batch mean). Titles give the oracle verdict per part (✓ correct, ✗ wrong). Hover a token "
-            "for its numbers.</p>"
+            "score vs the batch mean). Titles give the oracle verdict per part, and the ✓ / ✗ under a token is the "
+            "oracle's label of that token (correct / wrong result digit): where the RM's credit lands against the "
+            "truth. Hover a token for its numbers.</p>"
             f"<iframe srcdoc=\"{html.escape(heatmap_html, quote=True)}\"></iframe>")
     if notes_html:
         parts.append(notes_html)
-    timing_rows = [(k, f"{v:.0f} s") for k, v in timings.items()]
-    parts.append("<h2>Run</h2>" + f"<pre>{html.escape(command)}</pre>" + _kv_table(timing_rows)
-                 + "<details><summary>settings</summary><pre>" + html.escape(json.dumps(settings, indent=2, default=str))
-                 + "</pre></details>")
+    parts.append(provenance_html(command, settings, timings, wall_seconds=wall_seconds))
     parts.append("</body></html>\n")
     path = Path(path)
     path.write_text("".join(parts), encoding="utf-8")

@@ -249,7 +249,7 @@ class Pipeline:
         key = self.rm_key(seed, arm)
         cached = read_json(out / RESULT)
         if self.cache.reusable(cached, key) and (out / "config.json").is_file():
-            if "auc_within_response" not in cached.get("credit", {}):  # records written before that diagnostic
+            if "first_error_hit_rate" not in cached.get("credit", {}):  # records written before these diagnostics
                 cached["credit"] = segment_rm_credit(SegmentRewardModel.from_pretrained(out), self.pairs(seed)[1])
                 write_json(out / RESULT, cached)
             return cached

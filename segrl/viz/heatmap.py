@@ -6,7 +6,10 @@ A *row* is one response, given as a dict::
      "segment_ids": list[int] | None, "kept": list[bool] | None, "prompt": str (optional)}
 
 ``"token_rewards"`` is accepted as an alias of ``"rewards"`` and ``"mask"`` as an alias of
-``"kept"``. Optional extra keys shown in a row's summary: ``"side"`` (chosen / rejected),
+``"kept"``. An optional ``"labels"`` list (+1 correct / -1 wrong / 0 unlabelled per token, e.g. the
+built-in task's oracle; bools accepted) draws a ✓ / ✗ under each labelled token, so a reader sees
+where the reward's credit lands against the truth (docs/method.md#token-credit). Optional extra
+keys shown in a row's summary: ``"side"`` (chosen / rejected),
 ``"seq_sign"`` (+1 / -1) and ``"fallback"`` (True when the ASR mask fell back to the full
 response). ``segment_ids`` follow SPEC §0 (``0..K-1`` in order, ``-1`` outside every segment);
 ``kept`` is the ASR keep-mask (False = the token is dropped from the loss).
@@ -129,11 +132,30 @@ def _check_kept(row: Mapping[str, Any], i: int, n: int) -> list[bool] | None:
     return out
 
 
+def _check_labels(row: Mapping[str, Any], i: int, n: int) -> list[int] | None:
+    labels = row.get("labels")
+    if labels is None:
+        return None
+    labels = _as_list(labels, "labels", i)
+    if len(labels) != n:
+        raise ValueError(f"row {i}: field 'labels' has length {len(labels)} but 'tokens' has {n}")
+    out = []
+    for t, v in enumerate(labels):
+        if isinstance(v, bool):
+            out.append(1 if v else -1)
+        elif isinstance(v, (int, float)) and v in (-1, 0, 1):
+            out.append(int(v))
+        else:
+            raise ValueError(f"row {i}: field 'labels'[{t}] must be +1, -1, 0 or a bool, got {v!r}")
+    return out
+
+
 def validate_rows(rows: Any) -> list[dict]:
     """Check ``rows`` and return normalised copies.
 
     Every returned row has ``title``, ``tokens``, ``rewards`` (floats), ``segment_ids``
-    (ints or None), ``kept`` (bools or None), ``prompt`` (str or None) and ``extra`` (the other
+    (ints or None), ``kept`` (bools or None), ``labels`` (+1 / -1 / 0 or None), ``prompt`` (str or
+    None) and ``extra`` (the other
     keys of the input row, e.g. ``side`` / ``seq_sign``). Raises ``ValueError`` naming the row
     index and field on any problem.
     """
@@ -143,7 +165,7 @@ def validate_rows(rows: Any) -> list[dict]:
         raise ValueError(f"rows must be a list of dicts, got {type(rows).__name__}")
     if len(rows) == 0:
         raise ValueError("rows is empty: nothing to render")
-    known = {"title", "tokens", "rewards", "token_rewards", "segment_ids", "kept", "mask", "prompt"}
+    known = {"title", "tokens", "rewards", "token_rewards", "segment_ids", "kept", "mask", "prompt", "labels"}
     out = []
     for i, row in enumerate(rows):
         if not isinstance(row, Mapping):
@@ -158,6 +180,7 @@ def validate_rows(rows: Any) -> list[dict]:
                 "rewards": _check_rewards(row, i, n),
                 "segment_ids": _check_segment_ids(row, i, n),
                 "kept": _check_kept(row, i, n),
+                "labels": _check_labels(row, i, n),
                 "prompt": None if prompt is None else str(prompt),
                 "extra": {k: v for k, v in row.items() if k not in known},
             }
@@ -301,6 +324,15 @@ h2 { font-size: 15px; margin: 0; display: inline-block; }
 .tok.drop { opacity: 0.4; text-decoration: line-through; text-decoration-thickness: 1.5px;
             background-image: repeating-linear-gradient(135deg, rgba(60,60,60,.25) 0 2px, transparent 2px 5px); }
 .ws { color: inherit; opacity: 0.55; font-style: normal; }
+/* Oracle label under a token: a check (correct) or a cross (wrong) with a coloured rule. */
+.tok.lab-pos, .tok.lab-neg { position: relative; }
+.tok.lab-pos::after, .tok.lab-neg::after { position: absolute; left: 0; right: 0; top: 100%; margin-top: 1px;
+  font: 700 10px/1 system-ui, sans-serif; text-align: center; padding-top: 1px; }
+.tok.lab-pos::after { content: "✓"; color: #1a7f37; border-top: 2px solid #1a7f37; }
+.tok.lab-neg::after { content: "✗"; color: #cf222e; border-top: 2px solid #cf222e; }
+.tokens.labelled { line-height: 2.6; }
+.grid { display: grid; gap: 12px; align-items: start; }
+.grid .row { margin: 0; }
 .note { color: var(--muted); font-size: 12px; margin-top: 10px; }
 """
 
@@ -320,7 +352,7 @@ def _visible_text(token: str) -> tuple[str, bool]:
     return "".join(parts), token.endswith("\n")
 
 
-def _tooltip(token: str, reward: float, seg: int | None, kept: bool | None) -> str:
+def _tooltip(token: str, reward: float, seg: int | None, kept: bool | None, label: int | None = None) -> str:
     """Tooltip text (escaped for a ``title`` attribute; ``&#10;`` gives line breaks)."""
     lines = [
         f"token: {token!r}",
@@ -328,6 +360,8 @@ def _tooltip(token: str, reward: float, seg: int | None, kept: bool | None) -> s
         f"segment: {'—' if seg is None else ('none (-1)' if seg < 0 else seg)}",
         f"kept: {'—' if kept is None else ('yes' if kept else 'no (dropped)')}",
     ]
+    if label:
+        lines.append(f"label: {'correct' if label > 0 else 'wrong'}")
     return "&#10;".join(html.escape(line, quote=True) for line in lines)
 
 
@@ -347,8 +381,11 @@ def _token_span(row: Mapping[str, Any], t: int, mark: str | None, center: float,
     token, reward = row["tokens"][t], row["rewards"][t]
     seg = None if row["segment_ids"] is None else row["segment_ids"][t]
     kept = None if row["kept"] is None else row["kept"][t]
+    label = None if row.get("labels") is None else row["labels"][t]
     rgb = reward_color(reward, center, scale)
     classes = ["tok"]
+    if label:
+        classes.append("lab-pos" if label > 0 else "lab-neg")
     if mark == "seg":
         classes.append("seg-start")
     elif mark == "gap":
@@ -361,7 +398,9 @@ def _token_span(row: Mapping[str, Any], t: int, mark: str | None, center: float,
     attrs = (
         f'class="{" ".join(classes)}" data-i="{t}" data-r="{reward:.6g}"'
         f' data-seg="{"" if seg is None else seg}" data-kept="{"" if kept is None else int(kept)}"'
-        f' style="background-color:rgb{rgb};color:{_ink_for(rgb)}" title="{_tooltip(token, reward, seg, kept)}"'
+        + (f' data-label="{label}"' if label is not None else "")
+        + f' style="background-color:rgb{rgb};color:{_ink_for(rgb)}"'
+        + f' title="{_tooltip(token, reward, seg, kept, label)}"'
     )
     span = f"<span {attrs}>{text}</span>"
     if mark is not None:
@@ -378,6 +417,9 @@ def _row_html(i: int, row: Mapping[str, Any], center: float, scale: float) -> st
     if st["n_segments"] is not None:
         bits.append(f"<b>{st['n_segments']}</b> segments")
     bits.append(f"mean r = <b>{st['mean_reward']:+.3f}</b>")
+    if row.get("labels") is not None:
+        n_pos, n_neg = sum(v > 0 for v in row["labels"]), sum(v < 0 for v in row["labels"])
+        bits.append(f"labels <b>{n_pos}</b> ✓ / <b>{n_neg}</b> ✗")
     side = _side_label(row["extra"])
     if side:
         bits.insert(0, html.escape(side))
@@ -393,11 +435,11 @@ def _row_html(i: int, row: Mapping[str, Any], center: float, scale: float) -> st
         f'<section class="row" id="row-{i}" data-row="{i}">'
         f'<div class="row-head"><h2>{html.escape(row["title"])}</h2>'
         f'<div class="summary">{" · ".join(bits)}</div></div>'
-        f'{prompt}<div class="tokens">{spans}</div></section>'
+        f'{prompt}<div class="tokens{" labelled" if row.get("labels") is not None else ""}">{spans}</div></section>'
     )
 
 
-def _legend_html(center: float, scale: float) -> str:
+def _legend_html(center: float, scale: float, labels: bool = False) -> str:
     """Colour bar with tick labels plus samples of the marker styles.
 
     Only ``<div>`` / ``<code>`` here, never ``<span>``: the page has exactly one span per token.
@@ -419,7 +461,10 @@ def _legend_html(center: float, scale: float) -> str:
         " dropped by the mask</div>"
         '<div class="item"><code class="tok" style="background:#f7f7f7"><i class="ws">·</i>a<i class="ws">↵</i></code>'
         " space / newline</div>"
-        "</div>"
+        + ('<div class="item"><code class="tok lab-pos" style="background:#f7f7f7">3</code>'
+           '<code class="tok lab-neg" style="background:#f7f7f7">7</code>&nbsp;oracle label: correct / wrong</div>'
+           if labels else "")
+        + "</div>"
     )
 
 
@@ -430,24 +475,33 @@ def render_html(
     title: str = "segrl token heat-map",
     center: float = 0.0,
     scale: float | None = None,
+    columns: int = 1,
+    intro: str = "",
 ) -> str:
     """Render ``rows`` as one self-contained HTML page and return it (also written to ``path``).
 
     Each token is one ``<span class="tok">`` coloured by its reward; hover shows token, reward,
-    segment id and kept flag. ``scale`` (default: robust max ``|r - center|`` over all rows) is the
+    segment id, kept flag and label. ``scale`` (default: robust max ``|r - center|`` over all rows) is the
     distance from ``center`` that gets full colour; pass it to make several maps comparable.
+    ``columns`` lays the rows out side by side (e.g. 2: a pair's chosen and rejected responses);
+    ``intro`` is HTML put under the title.
     """
+    if isinstance(columns, bool) or not isinstance(columns, int) or columns < 1:
+        raise ValueError(f"columns must be an int >= 1, got {columns!r}")
     norm = validate_rows(rows)
     if scale is None:
         scale = robust_scale(norm, center)
     elif not (math.isfinite(scale) and scale > 0):
         raise ValueError(f"scale must be a positive finite number, got {scale!r}")
     body = "".join(_row_html(i, row, center, scale) for i, row in enumerate(norm))
+    if columns > 1:
+        body = f'<div class="grid" style="grid-template-columns:repeat({columns}, minmax(0, 1fr))">{body}</div>'
+    has_labels = any(row["labels"] is not None for row in norm)
     doc = (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{html.escape(title)}</title><style>{_CSS}</style></head>\n<body>"
-        f"<h1>{html.escape(title)}</h1>{_legend_html(center, scale)}{body}"
+        f"<h1>{html.escape(title)}</h1>{intro}{_legend_html(center, scale, has_labels)}{body}"
         '<p class="note">Hover a token for its exact reward, segment id and kept flag. '
         f"Colour saturates at |r − {center:g}| ≥ {scale:.3g} (95th percentile over all tokens).</p>"
         "</body></html>\n"
@@ -470,6 +524,12 @@ _PNG_LEFT_IN = 0.06  # keeps a bar at x = 0 inside the axes
 _PNG_LINE_IN = 0.31  # inches per wrapped token line (cell + room for the segment index)
 _PNG_CELL_IN = 0.21  # cell height
 _PNG_TITLE_IN = 0.34  # inches for a row title line
+_PNG_LABEL_IN = 0.13  # extra inches per line for the oracle marks under labelled tokens
+
+
+def _line_in(row: Mapping[str, Any]) -> float:
+    """Inches per wrapped token line of ``row`` (more when its tokens carry labels)."""
+    return _PNG_LINE_IN + (_PNG_LABEL_IN if row.get("labels") is not None else 0.0)
 
 
 def _png_label(token: str) -> str:
@@ -521,11 +581,12 @@ def _draw_row(ax, row: Mapping[str, Any], y0: float, center: float, scale: float
             va="baseline", ha="right", color="#57606a")
     y = y0 + _PNG_TITLE_IN
     marks = _segment_starts(row["segment_ids"], st["n"])
+    line_in = _line_in(row)
     for line in _wrap_tokens(row):
         for t, x, label in line:
             x_in = _PNG_LEFT_IN + x * _PNG_IN_PER_CHAR
             _draw_cell(ax, row, t, x_in, y + _PNG_LINE_IN - _PNG_CELL_IN, label, marks[t], center, scale)
-        y += _PNG_LINE_IN
+        y += line_in
     return y + 0.16
 
 
@@ -548,6 +609,13 @@ def _draw_cell(ax, row, t, x, y, label, mark, center, scale) -> None:
         ax.add_patch(Rectangle((x, y), w, h, facecolor="none", edgecolor="#a8a8a8", hatch="///", linewidth=0))
     if seg is not None and seg < 0:
         ax.add_patch(Rectangle((x, y), w, h, facecolor="none", edgecolor="#57606a", linestyle=":", linewidth=0.8))
+    oracle = None if row.get("labels") is None else row["labels"][t]
+    if oracle:
+        color = "#1a7f37" if oracle > 0 else "#cf222e"
+        ax.plot([x + 0.01, x + w - 0.01], [y + h + 0.02, y + h + 0.02], color=color, linewidth=1.2,
+                solid_capstyle="butt")
+        ax.text(x + w / 2, y + h + 0.115, "✓" if oracle > 0 else "✗", fontsize=6, fontweight="bold", color=color,
+                ha="center", va="baseline", family="DejaVu Sans")
     ink = "#6e7781" if dropped else _ink_for(rgb)
     ax.text(x + 0.5 * _PNG_PAD_CHARS * _PNG_IN_PER_CHAR, y + h * 0.7, label, fontsize=_PNG_FONT_PT,
             family="DejaVu Sans Mono", color=ink, va="baseline", ha="left")
@@ -591,7 +659,7 @@ def render_png(
     from matplotlib.figure import Figure
 
     # Height in inches: each row is a title line plus its wrapped token lines.
-    heights = [_PNG_TITLE_IN + _PNG_LINE_IN * len(_wrap_tokens(r)) + 0.16 for r in shown]
+    heights = [_PNG_TITLE_IN + _line_in(r) * len(_wrap_tokens(r)) + 0.16 for r in shown]
     width_in = _PNG_LEFT_IN + _PNG_LINE_CHARS * _PNG_IN_PER_CHAR + 0.02
     margin, cbar_in = 0.2, 0.7
     fig_w, fig_h = width_in + 2 * margin, sum(heights) + cbar_in + margin
@@ -609,7 +677,9 @@ def render_png(
     cax = fig.add_axes((margin / fig_w + 0.25, 0.42 / fig_h, 0.5 - 0.5 * margin / fig_w, 0.12 / fig_h))
     sm = ScalarMappable(norm=Normalize(center - scale, center + scale), cmap=cmap)
     cb = fig.colorbar(sm, cax=cax, orientation="horizontal", extend="both")
-    cb.set_label("token reward   ·   ┃ segment start   ·   hatched = dropped   ·   dotted = no segment", fontsize=8)
+    cb.set_label("token reward   ·   ┃ segment start   ·   hatched = dropped   ·   dotted = no segment"
+                 + ("   ·   ✓ / ✗ = label correct / wrong" if any(r["labels"] is not None for r in shown) else ""),
+                 fontsize=8)
     cb.ax.tick_params(labelsize=7)
     if len(norm) > len(shown):
         fig.text(1 - margin / fig_w, 0.1 / fig_h, f"showing {len(shown)} of {len(norm)} rows",
