@@ -97,6 +97,9 @@ class SegmentRewardConfig(ResumeArguments, RewardConfig):
         self.segment_threshold = parse_threshold(self.segment_threshold, "segment_threshold")
         if self.entropy_batch_size < 1:
             raise ValueError(f"`entropy_batch_size` must be >= 1, got {self.entropy_batch_size}")
+        from segrl.hardware import cpu_safe_bf16
+
+        cpu_safe_bf16(self)  # an unset bf16 means "if the hardware has it" (TRL: always)
         super().__post_init__()
 
 
