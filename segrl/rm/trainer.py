@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+from datasets import IterableDataset
 from trl import RewardConfig, RewardTrainer
 from trl.trainer.reward_trainer import DataCollatorForPreference
 from trl.trainer.utils import pad
@@ -30,7 +31,14 @@ from trl.trainer.utils import pad
 from segrl._trl_compat import check_trl_compat
 from segrl.checkpoints import CompleteCheckpointsMixin, ResumeArguments
 from segrl.rm.data import tokenize_preference_dataset
-from segrl.rm.entropy import add_entropy_columns, check_reference_vocab, load_reference_model
+from segrl.rm.entropy import (
+    DEFAULT_SEGMENT_TARGET_LENGTH,
+    add_entropy_columns,
+    check_reference_vocab,
+    load_reference_model,
+    resolve_segment_threshold,
+    warn_if_few_segments,
+)
 from segrl.rm.model import (
     CONFIG_KEY,
     SegmentRMSettings,
@@ -52,10 +60,14 @@ class SegmentRewardConfig(ResumeArguments, RewardConfig):
     """:class:`trl.RewardConfig` plus the segment reward model's options.
 
     Parameters:
-        segment_threshold (`float`, defaults to `2.0`):
+        segment_threshold (`float` or `str`, defaults to `2.0`):
             Entropy threshold ``c`` in nats: a response token starts a new segment iff the reference
             model's entropy at it is ``> c``. ``0`` gives the token-level RM, ``inf`` the ordinary
             (bandit) RM read at EOS, which is exactly TRL's RewardTrainer. The paper uses 1.75-2.0.
+            ``"auto"`` resolves it from the training data's reference entropies so that segments
+            have mean length ``segment_target_length``; the saved RM stores the resolved number.
+        segment_target_length (`float`, defaults to `4.0`):
+            Mean segment length in tokens that ``segment_threshold="auto"`` aims for.
         reference_model (`str`, *optional*):
             Path or Hub id of the frozen reference (SFT) causal LM whose entropy cuts segments. Defaults
             to the model the RM is initialised from. Must share the RM's tokenizer.
@@ -68,12 +80,19 @@ class SegmentRewardConfig(ResumeArguments, RewardConfig):
 
     _VALID_DICT_FIELDS = RewardConfig._VALID_DICT_FIELDS + ["reference_model_init_kwargs"]
 
-    segment_threshold: float = field(
+    # Typed `str` so the command line accepts "auto" and "inf"; __post_init__ turns it into a float or "auto".
+    segment_threshold: str = field(
         default=2.0,
         metadata={
             "help": "Entropy threshold c (nats) for cutting segments: 0 = token-level RM, inf = ordinary bandit RM "
-            "(exactly TRL's RewardTrainer). The paper uses 1.75-2.0."
+            "(exactly TRL's RewardTrainer), 'auto' = resolved from the training data's reference entropies for a "
+            "mean segment length of `segment_target_length` tokens (the saved RM stores the number). The paper "
+            "uses 1.75-2.0."
         },
+    )
+    segment_target_length: float = field(
+        default=DEFAULT_SEGMENT_TARGET_LENGTH,
+        metadata={"help": "Mean segment length (tokens) that segment_threshold='auto' aims for; >= 1."},
     )
     reference_model: str | None = field(
         default=None,
@@ -94,12 +113,12 @@ class SegmentRewardConfig(ResumeArguments, RewardConfig):
     )
 
     def __post_init__(self):
-        self.segment_threshold = parse_threshold(self.segment_threshold, "segment_threshold")
+        self.segment_threshold = parse_threshold(self.segment_threshold, "segment_threshold", allow_auto=True)
+        target = self.segment_target_length
+        if isinstance(target, bool) or not isinstance(target, (int, float)) or not (math.isfinite(target) and target >= 1):
+            raise ValueError(f"`segment_target_length` must be a number >= 1 (tokens), got {target!r}")
         if self.entropy_batch_size < 1:
             raise ValueError(f"`entropy_batch_size` must be >= 1, got {self.entropy_batch_size}")
-        from segrl.hardware import cpu_safe_bf16
-
-        cpu_safe_bf16(self)  # an unset bf16 means "if the hardware has it" (TRL: always)
         super().__post_init__()
 
 
@@ -179,14 +198,20 @@ class SegmentRewardTrainer(CompleteCheckpointsMixin, RewardTrainer):
         self._reference_module = reference if isinstance(reference, nn.Module) else None
         self._rm_vocab_rows = _vocab_rows(model, args)
         self._user_collator = data_collator is not None
+        self._threshold_info: dict = {}
         super().__init__(model=model, args=args, data_collator=data_collator, train_dataset=train_dataset,
                          eval_dataset=eval_dataset, processing_class=processing_class, **kwargs)
         if not self._user_collator:
             self.data_collator = DataCollatorForSegmentPreference(
                 pad_token_id=self.processing_class.pad_token_id, pad_to_multiple_of=self.args.pad_to_multiple_of
             )
+        if self.segment_threshold == "auto":
+            raise ValueError(
+                "segment_threshold='auto' is resolved from the training dataset's reference entropies: pass a "
+                "`train_dataset`"
+            )
         self.segment_settings = SegmentRMSettings(threshold=self.segment_threshold,
-                                                  reference_model=self.reference_model)
+                                                  reference_model=self.reference_model, extra=self._threshold_info)
         # Written into config.json by save_model(), so the saved RM knows how to segment.
         setattr(_unwrap(self.model).config, CONFIG_KEY, self.segment_settings.to_dict())
         tok = self.processing_class
@@ -236,14 +261,35 @@ class SegmentRewardTrainer(CompleteCheckpointsMixin, RewardTrainer):
             dataset = tokenize_preference_dataset(dataset, processing_class, max_length=args.max_length,
                                                   num_proc=args.dataset_num_proc, name=f"{dataset_name} dataset")
             has_entropy = {"chosen_entropy", "rejected_entropy"} <= set(column_names)
-            if not has_entropy and not math.isinf(args.segment_threshold):
+            dense = args.segment_threshold == "auto" or not math.isinf(args.segment_threshold)
+            if not has_entropy and dense:
                 ref = self._get_reference_module(processing_class)
                 pad_id = processing_class.pad_token_id if processing_class.pad_token_id is not None else 0
                 dataset = add_entropy_columns(dataset, ref, batch_size=args.entropy_batch_size, pad_token_id=pad_id,
                                               name=f"{dataset_name} dataset")
                 if not isinstance(self._reference, nn.Module):
                     self._reference_module = None  # free the weights we loaded: training never runs the reference
+        if dataset_name == "train" and dense:
+            self._check_threshold(dataset, args)
         return dataset
+
+    def _check_threshold(self, dataset, args) -> None:
+        """Resolve ``segment_threshold="auto"`` on the training entropies; warn on ~1 segment per response."""
+        if not hasattr(dataset, "column_names") or isinstance(dataset, IterableDataset):
+            if args.segment_threshold == "auto":
+                raise ValueError("segment_threshold='auto' needs a map-style (not streaming) training dataset")
+            return
+        entropies = list(dataset["chosen_entropy"]) + list(dataset["rejected_entropy"])
+        if not all(math.isfinite(h) for row in entropies for h in row):
+            if args.segment_threshold == "auto":
+                raise ValueError("the `chosen_entropy` / `rejected_entropy` columns contain NaN or inf: cannot "
+                                 "resolve segment_threshold='auto'")
+            return  # the loss reports it, on the batch that has it
+        if args.segment_threshold == "auto":
+            threshold = resolve_segment_threshold(entropies, args.segment_target_length)
+            args.segment_threshold = self.segment_threshold = threshold
+            self._threshold_info = {"threshold_auto": {"segment_target_length": float(args.segment_target_length)}}
+        warn_if_few_segments(entropies, args.segment_threshold, target_length=args.segment_target_length)
 
     def _set_signature_columns_if_needed(self):
         if self._signature_columns is None:
