@@ -74,11 +74,15 @@ def test_load_split_from_every_local_form(tmp_path):
     assert load_split(str(tmp_path / "dict"), "dev").to_list() == expected[:1]
     ds.save_to_disk(str(tmp_path / "single"))
     assert load_split(str(tmp_path / "single"), "whatever").to_list() == expected
-    with pytest.raises(ValueError, match="has splits \\['dev', 'test'\\], not 'train'"):
+    with pytest.raises(ValueError, match="`mmlu_dataset` .* has no split 'train' \\(splits: \\['dev', 'test'\\]\\)"):
         load_split(str(tmp_path / "dict"), "train", arg="mmlu_dataset")
-    with pytest.raises(ValueError, match="`gsm8k_dataset` directory .* no 'validation' files"):
-        load_split(str(GSM8K), "validation", arg="gsm8k_dataset")
-    with pytest.raises(ValueError, match="`mmlu_dataset` .*missing.jsonl.* not a readable data file"):
+    # MMLU's "dev" split keeps its name (datasets' own file-name inference would call it "validation")
+    (tmp_path / "files").mkdir()
+    (tmp_path / "files" / "dev.jsonl").write_text((MMLU / "dev.jsonl").read_text())
+    assert len(load_split(str(tmp_path / "files"), "dev")) == 4
+    with pytest.raises(ValueError, match="`gsm8k_dataset` directory .* holds no 'train' split"):
+        load_split(str(tmp_path / "files"), "train", arg="gsm8k_dataset")
+    with pytest.raises(FileNotFoundError, match="`mmlu_dataset`: no such file or directory: .*missing.jsonl"):
         load_split(str(tmp_path / "missing.jsonl"), "test", arg="mmlu_dataset")
 
 
@@ -89,13 +93,15 @@ def test_hub_ids_go_to_datasets_load_dataset(monkeypatch):
 
     calls = []
 
+    hub_rows = datasets.Dataset.from_list(_rows(GSM8K / "test.jsonl"))
+
     def fake_load_dataset(*args, **kwargs):
         calls.append((args, kwargs))
-        return "hub rows"
+        return hub_rows
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
-    assert load_split("cais/mmlu", "test", config="all") == "hub rows"
-    assert load_split("openai/gsm8k", "train", config="main") == "hub rows"
+    assert load_split("cais/mmlu", "test", config="all") is hub_rows
+    assert load_split("openai/gsm8k", "train", config="main") is hub_rows
     assert calls == [(("cais/mmlu", "all"), {"split": "test"}), (("openai/gsm8k", "main"), {"split": "train"})]
 
 
@@ -103,7 +109,7 @@ def test_hub_id_offline_is_a_clear_error():
     from segrl.evals.loading import load_split
 
     # conftest switches the Hub off: the real code path runs and fails with a message naming the option
-    with pytest.raises(ValueError, match="could not load `mmlu_dataset` 'cais/mmlu-does-not-exist'.*local file"):
+    with pytest.raises(ValueError, match="`mmlu_dataset` 'cais/mmlu-does-not-exist' is not a local file"):
         load_split("cais/mmlu-does-not-exist", "test", config="all", arg="mmlu_dataset")
 
 
@@ -285,7 +291,8 @@ def test_mmlu_few_shot_uses_dev_examples_of_the_same_subject(tiny_lm, tiny_token
 def test_mmlu_chat_template_scores_letters_after_the_assistant_turn(tiny_lm, tiny_tokenizer):
     from segrl.evals.mmlu import build_prompt, evaluate_mmlu, load_mmlu, loglikelihoods
 
-    _, samples = evaluate_mmlu(_scorer(tiny_lm, tiny_tokenizer), dataset=str(MMLU), subjects=["astronomy"], limit=1, chat=True)
+    _, samples = evaluate_mmlu(_scorer(tiny_lm, tiny_tokenizer), dataset=str(MMLU), subjects=["astronomy"], limit=1,
+                               chat=True)
     row = load_mmlu(str(MMLU), "test", subjects=["astronomy"], limit=1)[0]
     context = tiny_tokenizer.apply_chat_template([{"role": "user", "content": build_prompt(row)}], tokenize=False,
                                                  add_generation_prompt=True)
@@ -430,7 +437,9 @@ def test_cli_mmlu_gsm8k_on_local_copies(tiny_model_dir, tmp_path, capsys):
     samples = [json.loads(line) for line in (out / "samples_mmlu.jsonl").read_text().splitlines()]
     assert len(samples) == 4 and all(len(s["loglikelihoods"]) == 4 for s in samples)
     assert len((out / "samples_gsm8k.jsonl").read_text().splitlines()) == 2
-    # a missing local copy is an option error (exit 2), not a traceback
-    assert main(["eval", "--model_name_or_path", str(tiny_model_dir), "--output_dir", str(out), "--suites", "gsm8k",
-                 "--gsm8k_dataset", str(tmp_path / "nope.jsonl"), "--progress", "false"]) == 2
-    assert "`gsm8k_dataset`" in capsys.readouterr().err
+    # a missing local copy is an option error (exit 2), reported before the model is loaded
+    for suite in ("gsm8k", "mmlu"):
+        assert main(["eval", "--model_name_or_path", str(tmp_path / "no_model"), "--output_dir", str(out),
+                     "--suites", "arith", suite, f"--{suite}_dataset", str(tmp_path / "nope.jsonl")]) == 2
+        err = capsys.readouterr().err
+        assert f"`{suite}_dataset`" in err and "no_model" not in err

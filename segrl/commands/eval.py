@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = parse_config(list(sys.argv[1:] if argv is None else argv))
         quiet_transformers()
         run(cfg)
-    except ValueError as err:
+    except (ValueError, FileNotFoundError) as err:
         print(f"segrl eval: error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -40,7 +40,8 @@ from segrl.evals.generation import Generator
 from segrl.evals.loading import is_data_files, load_split
 from segrl.evals.reasoning import extract_answer
 
-__all__ = ["STOP_SEQUENCES", "build_prompt", "evaluate_gsm8k", "extract_strict", "load_gsm8k", "target_answer"]
+__all__ = ["STOP_SEQUENCES", "build_prompt", "evaluate_gsm8k", "extract_strict", "gsm8k_items", "load_gsm8k",
+           "target_answer"]
 
 #: Where a completion ends (lm-eval's ``until`` for gsm8k).
 STOP_SEQUENCES = ("Question:", "</s>", "<|im_end|>")
@@ -94,15 +95,13 @@ def load_gsm8k(name_or_path: str, split: str, *, config: str | None = "main", li
     return rows
 
 
-def evaluate_gsm8k(generate: Generator, *, dataset: str = "openai/gsm8k", config: str | None = "main",
-                   split: str = "test", num_fewshot: int = 5, fewshot_dataset: str | None = None,
-                   fewshot_split: str = "train", fewshot_seed: int = 1234, limit: int | None = None,
-                   max_new_tokens: int = 256, chat: bool = False) -> tuple[dict, list[dict]]:
-    """Greedy exact-match accuracy on GSM8K (see the module docstring).
+def gsm8k_items(dataset: str = "openai/gsm8k", *, config: str | None = "main", split: str = "test",
+                num_fewshot: int = 5, fewshot_dataset: str | None = None, fewshot_split: str = "train",
+                fewshot_seed: int = 1234, limit: int | None = None) -> list[dict]:
+    """The rows to score (:func:`load_gsm8k`), each with its plain-text ``prompt`` (:func:`build_prompt`).
 
-    Returns ``(metrics, samples)``: ``{"n", "exact_match", "exact_match_strict", "extracted"}`` (the
-    last: fraction of completions with any number) and one ``{"question", "target", "completion",
-    "extracted", "extracted_strict", "correct", "correct_strict"}`` per question.
+    For each row in turn ``num_fewshot`` examples are drawn from ``fewshot_split`` of
+    ``fewshot_dataset`` (default: ``dataset``) by one ``random.Random(fewshot_seed)``.
     """
     if num_fewshot < 0:
         raise ValueError(f"`gsm8k_num_fewshot` must be >= 0, got {num_fewshot}")
@@ -117,7 +116,28 @@ def evaluate_gsm8k(generate: Generator, *, dataset: str = "openai/gsm8k", config
         if len(pool) < num_fewshot:
             raise ValueError(f"`gsm8k_num_fewshot` is {num_fewshot} but {fewshot_split!r} has only {len(pool)} rows")
     rng = random.Random(fewshot_seed)
-    prompts = [build_prompt(r["question"], rng.sample(pool, num_fewshot) if num_fewshot else ()) for r in rows]
+    return [{**r, "prompt": build_prompt(r["question"], rng.sample(pool, num_fewshot) if num_fewshot else ())}
+            for r in rows]
+
+
+def evaluate_gsm8k(generate: Generator, *, dataset: str = "openai/gsm8k", config: str | None = "main",
+                   split: str = "test", num_fewshot: int = 5, fewshot_dataset: str | None = None,
+                   fewshot_split: str = "train", fewshot_seed: int = 1234, limit: int | None = None,
+                   max_new_tokens: int = 256, chat: bool = False,
+                   items: list[dict] | None = None) -> tuple[dict, list[dict]]:
+    """Greedy exact-match accuracy on GSM8K (see the module docstring).
+
+    The data arguments go to :func:`gsm8k_items`; ``items`` already made by it replaces them.
+
+    Returns ``(metrics, samples)``: ``{"n", "exact_match", "exact_match_strict", "extracted"}`` (the
+    last: fraction of completions with any number) and one ``{"question", "target", "completion",
+    "extracted", "extracted_strict", "correct", "correct_strict"}`` per question.
+    """
+    if items is None:
+        items = gsm8k_items(dataset, config=config, split=split, num_fewshot=num_fewshot,
+                            fewshot_dataset=fewshot_dataset, fewshot_split=fewshot_split,
+                            fewshot_seed=fewshot_seed, limit=limit)
+    rows, prompts = items, [r["prompt"] for r in items]
     completions = generate(prompts, max_new_tokens=max_new_tokens, chat=chat, stop=STOP_SEQUENCES,
                            description="gsm8k")
     samples = []

@@ -36,7 +36,7 @@ import torch
 from segrl.evals.generation import Generator, progress_bar
 from segrl.evals.loading import is_data_files, load_split
 
-__all__ = ["LETTERS", "build_prompt", "evaluate_mmlu", "format_question", "load_mmlu", "loglikelihoods"]
+__all__ = ["LETTERS", "build_prompt", "evaluate_mmlu", "format_question", "load_mmlu", "loglikelihoods", "mmlu_items"]
 
 LETTERS = ("A", "B", "C", "D")
 _COLUMNS = ("question", "subject", "choices", "answer")
@@ -169,41 +169,54 @@ def loglikelihoods(model, tokenizer, requests: Sequence[tuple[str, str]], *, bat
     return out
 
 
-def evaluate_mmlu(generate: Generator, *, dataset: str = "cais/mmlu", config: str | None = "all",
-                  split: str = "test", subjects: Sequence[str] = (), num_fewshot: int = 0,
-                  fewshot_dataset: str | None = None, fewshot_split: str = "dev", limit: int | None = None,
-                  chat: bool = False) -> tuple[dict, list[dict]]:
-    """Log-likelihood multiple-choice accuracy on MMLU (see the module docstring).
+def mmlu_items(dataset: str = "cais/mmlu", *, config: str | None = "all", split: str = "test",
+               subjects: Sequence[str] = (), num_fewshot: int = 0, fewshot_dataset: str | None = None,
+               fewshot_split: str = "dev", limit: int | None = None) -> list[dict]:
+    """The rows to score, each with its plain-text ``prompt`` (:func:`build_prompt`).
 
-    Uses ``generate``'s model, tokenizer, batch size and progress setting (no text is generated).
     ``num_fewshot`` solved examples per prompt come from ``fewshot_split`` of ``fewshot_dataset``
-    (default: ``dataset``), the first ones of the same subject.
-
-    Returns ``(metrics, samples)``: ``{"n", "accuracy", "accuracy_macro", "<subject>/accuracy", ...}``
-    and one ``{"subject", "question", "choices", "answer", "pred", "correct", "loglikelihoods"}`` per
-    question (answer and pred as letters).
+    (default: ``dataset``), the first ones of the same subject (lm-eval's ``first_n``).
     """
     if num_fewshot < 0:
         raise ValueError(f"`mmlu_num_fewshot` must be >= 0, got {num_fewshot}")
     rows = load_mmlu(dataset, split, config=config, subjects=subjects, limit=limit)
     shots: dict[str, list[dict]] = defaultdict(list)
     if num_fewshot:
-        source = fewshot_dataset or dataset
         if fewshot_dataset is None and is_data_files(dataset):
             raise ValueError("`mmlu_num_fewshot` > 0 with data file(s) as `mmlu_dataset` needs `mmlu_fewshot_dataset` "
                              "(the dev file); a file holds one split")
-        for row in load_mmlu(source, fewshot_split, config=config, subjects=sorted({r["subject"] for r in rows}),
+        for row in load_mmlu(fewshot_dataset or dataset, fewshot_split, config=config,
+                             subjects=sorted({r["subject"] for r in rows}),
                              arg="mmlu_fewshot_dataset" if fewshot_dataset else "mmlu_dataset"):
             shots[row["subject"]].append(row)
         for subject in sorted({r["subject"] for r in rows}):
             if len(shots[subject]) < num_fewshot:
                 raise ValueError(f"`mmlu_num_fewshot` is {num_fewshot} but {fewshot_split!r} has only "
                                  f"{len(shots[subject])} example(s) of {subject!r}")
+    return [{**row, "prompt": build_prompt(row, shots[row["subject"]][:num_fewshot])} for row in rows]
+
+
+def evaluate_mmlu(generate: Generator, *, dataset: str = "cais/mmlu", config: str | None = "all",
+                  split: str = "test", subjects: Sequence[str] = (), num_fewshot: int = 0,
+                  fewshot_dataset: str | None = None, fewshot_split: str = "dev", limit: int | None = None,
+                  chat: bool = False, items: list[dict] | None = None) -> tuple[dict, list[dict]]:
+    """Log-likelihood multiple-choice accuracy on MMLU (see the module docstring).
+
+    Uses ``generate``'s model, tokenizer, batch size and progress setting (no text is generated).
+    The data arguments go to :func:`mmlu_items`; ``items`` already made by it replaces them.
+
+    Returns ``(metrics, samples)``: ``{"n", "accuracy", "accuracy_macro", "<subject>/accuracy", ...}``
+    and one ``{"subject", "question", "choices", "answer", "pred", "correct", "loglikelihoods"}`` per
+    question (answer and pred as letters).
+    """
+    if items is None:
+        items = mmlu_items(dataset, config=config, split=split, subjects=subjects, num_fewshot=num_fewshot,
+                           fewshot_dataset=fewshot_dataset, fewshot_split=fewshot_split, limit=limit)
+    rows = items
     tokenizer = generate.tokenizer
     requests = []
     for row in rows:
-        prompt = build_prompt(row, shots[row["subject"]][:num_fewshot])
-        context = generate.format(prompt, chat=True) if chat else prompt
+        context = generate.format(row["prompt"], chat=True) if chat else row["prompt"]
         requests += [(context, letter if chat else f" {letter}") for letter in LETTERS]
     scores = loglikelihoods(generate.model, tokenizer, requests, batch_size=generate.batch_size,
                             add_special_tokens=not chat, progress=generate.progress, description="mmlu")

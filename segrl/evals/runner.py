@@ -63,32 +63,45 @@ def _refusal(cfg: EvalConfig, gen: Generator, tokenizer):
                               "threshold": judge.threshold}
 
 
-def _mmlu(cfg: EvalConfig, gen: Generator, tokenizer):
+def _mmlu_items(cfg: EvalConfig) -> list[dict]:
+    from segrl.evals.mmlu import mmlu_items
+
+    return mmlu_items(cfg.mmlu_dataset, config=cfg.mmlu_config, split=cfg.mmlu_split, subjects=cfg.mmlu_subjects,
+                      num_fewshot=cfg.mmlu_num_fewshot, fewshot_dataset=cfg.mmlu_fewshot_dataset,
+                      fewshot_split=cfg.mmlu_fewshot_split, limit=cfg.capped(None))
+
+
+def _gsm8k_items(cfg: EvalConfig) -> list[dict]:
+    from segrl.evals.gsm8k import gsm8k_items
+
+    return gsm8k_items(cfg.gsm8k_dataset, config=cfg.gsm8k_config, split=cfg.gsm8k_split,
+                       num_fewshot=cfg.gsm8k_num_fewshot, fewshot_dataset=cfg.gsm8k_fewshot_dataset,
+                       fewshot_split=cfg.gsm8k_fewshot_split, fewshot_seed=cfg.gsm8k_fewshot_seed,
+                       limit=cfg.capped(None))
+
+
+def _mmlu(cfg: EvalConfig, gen: Generator, tokenizer, items: list[dict]):
     from segrl.evals.mmlu import evaluate_mmlu
 
     chat = _chat_only_if_true(cfg, tokenizer)
-    metrics, samples = evaluate_mmlu(gen, dataset=cfg.mmlu_dataset, config=cfg.mmlu_config, split=cfg.mmlu_split,
-                                     subjects=cfg.mmlu_subjects, num_fewshot=cfg.mmlu_num_fewshot,
-                                     fewshot_dataset=cfg.mmlu_fewshot_dataset, fewshot_split=cfg.mmlu_fewshot_split,
-                                     limit=cfg.capped(None), chat=chat)
+    metrics, samples = evaluate_mmlu(gen, items=items, chat=chat)
     return metrics, samples, {"chat_template": chat, "dataset": cfg.mmlu_dataset, "split": cfg.mmlu_split,
                               "num_fewshot": cfg.mmlu_num_fewshot}
 
 
-def _gsm8k(cfg: EvalConfig, gen: Generator, tokenizer):
+def _gsm8k(cfg: EvalConfig, gen: Generator, tokenizer, items: list[dict]):
     from segrl.evals.gsm8k import evaluate_gsm8k
 
     chat = _chat_only_if_true(cfg, tokenizer)
-    metrics, samples = evaluate_gsm8k(gen, dataset=cfg.gsm8k_dataset, config=cfg.gsm8k_config, split=cfg.gsm8k_split,
-                                      num_fewshot=cfg.gsm8k_num_fewshot, fewshot_dataset=cfg.gsm8k_fewshot_dataset,
-                                      fewshot_split=cfg.gsm8k_fewshot_split, fewshot_seed=cfg.gsm8k_fewshot_seed,
-                                      limit=cfg.capped(None), max_new_tokens=cfg.gsm8k_max_new_tokens, chat=chat)
+    metrics, samples = evaluate_gsm8k(gen, items=items, max_new_tokens=cfg.gsm8k_max_new_tokens, chat=chat)
     return metrics, samples, {"chat_template": chat, "dataset": cfg.gsm8k_dataset, "split": cfg.gsm8k_split,
                               "num_fewshot": cfg.gsm8k_num_fewshot}
 
 
 _RUNNERS = {"arith": _arith, "humaneval": _humaneval, "reasoning_gym": _reasoning_gym, "refusal": _refusal,
             "mmlu": _mmlu, "gsm8k": _gsm8k}
+#: Suites whose data sets are read (and checked) before the model loads; their runners take ``items``.
+_DATA = {"mmlu": _mmlu_items, "gsm8k": _gsm8k_items}
 
 
 def run_eval(cfg: EvalConfig) -> dict:
@@ -96,8 +109,10 @@ def run_eval(cfg: EvalConfig) -> dict:
 
     Outputs in ``cfg.output_dir``: ``eval_results.json`` (config, and per suite its metrics, settings
     and seconds), ``eval_results.md`` (one table row per metric) and, with ``save_samples``,
-    ``samples_<suite>.jsonl``.
+    ``samples_<suite>.jsonl``. The MMLU and GSM8K data are read first, so a wrong path or an
+    unreachable Hub id fails before the model loads.
     """
+    data = {suite: _DATA[suite](cfg) for suite in cfg.suites if suite in _DATA}  # a bad path fails before the model
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     model, tokenizer = load_causal_lm(cfg.model_name_or_path, device=cfg.device, dtype=cfg.dtype,
@@ -107,7 +122,8 @@ def run_eval(cfg: EvalConfig) -> dict:
                "config": asdict(cfg), "suites": {}}
     for suite in cfg.suites:
         start = time.perf_counter()
-        metrics, samples, info = _RUNNERS[suite](cfg, gen, tokenizer)
+        extra = {"items": data[suite]} if suite in data else {}
+        metrics, samples, info = _RUNNERS[suite](cfg, gen, tokenizer, **extra)
         results["suites"][suite] = {"metrics": metrics, "info": info,
                                     "seconds": round(time.perf_counter() - start, 2)}
         if cfg.save_samples:
