@@ -19,11 +19,12 @@ from dataclasses import dataclass, field
 import torch
 from trl import GRPOConfig, GRPOTrainer
 
-from segrl._trl_compat import check_trl_compat
-from segrl.checkpoints import CompleteCheckpointsMixin, ResumeArguments
 from segrl import ops
-from segrl._distributed import global_baseline
-from segrl.ops import parse_baseline
+from segrl._distributed import global_auto_delta, global_baseline
+from segrl._trl_compat import check_trl_compat
+from segrl.asr_options import ASRArguments
+from segrl.checkpoints import CompleteCheckpointsMixin, ResumeArguments
+from segrl.ppo.config import apply_asr_alias
 from segrl.ppo.trainer import response_mask_from
 
 
@@ -31,8 +32,17 @@ check_trl_compat("grpo")  # fail at import if TRL changed what this module overr
 
 
 @dataclass
-class SegmentGRPOConfig(ResumeArguments, GRPOConfig):
-    """:class:`trl.GRPOConfig` plus the segment-reward and ASR options."""
+class SegmentGRPOConfig(ASRArguments, ResumeArguments, GRPOConfig):
+    """:class:`trl.GRPOConfig` plus the segment-reward options and the keep mask of the policy loss
+    (:class:`segrl.asr_options.ASRArguments`, checked at construction; ``mask_type`` defaults to ``"none"``)."""
+
+    mask_type: str = field(
+        default="none",
+        metadata={"help": "Which tokens enter the policy loss (through TRL's tool_mask): 'none' (every completion "
+                          "token: plain dense GRPO, the default), 'asr' (segments agreeing with the sign of the "
+                          "response's score against its group mean), 'tokenwise' or 'stepwise'.",
+                  "choices": ["none", "asr", "tokenwise", "stepwise"]},
+    )
 
     segment_reward_model: str | None = field(
         default=None, metadata={"help": "Segment RM (segrl train-rm + fit-norm) giving the dense rewards: path or hub id."}
@@ -40,15 +50,13 @@ class SegmentGRPOConfig(ResumeArguments, GRPOConfig):
     segment_threshold: float | None = field(
         default=None, metadata={"help": "Entropy threshold override: inf bandit, 0 token, else segment (default: the RM's)."}
     )
-    asr: bool = field(default=False, metadata={"help": "Apply the ASR mask to the policy loss (through tool_mask)."})
-    asr_baseline: str = field(default="batch_mean", metadata={"help": "batch_mean | sequence_mean | zero | a number."})
-    asr_delta: float = field(default=0.0, metadata={"help": "ASR hysteresis half-width."})
-    asr_neutral: str = field(default="drop", metadata={"help": "drop | keep undecided tokens."})
-    asr_empty: str = field(default="full", metadata={"help": "full | none for rows whose ASR mask is empty."})
+    asr: bool | None = field(
+        default=None, metadata={"help": "Deprecated: `mask_type` ('asr' for true, 'none' for false)."}
+    )
 
     def __post_init__(self):
-        super().__post_init__()
-        self.asr_baseline = parse_baseline(self.asr_baseline, "asr_baseline")
+        apply_asr_alias(self)
+        super().__post_init__()  # the ASR fields, then TRL's GRPOConfig checks
 
 
 def dense_group_advantages(seg_rewards: torch.Tensor, seg_valid: torch.Tensor, segment_ids: torch.Tensor,
@@ -123,15 +131,13 @@ class SegmentGRPOTrainer(CompleteCheckpointsMixin, GRPOTrainer):
 
         n_seg = seg_valid.sum(1).float()
         self._metrics[mode]["segments_per_response"].append(self.accelerator.gather(n_seg).mean().item())
-        if self.args.asr:
+        if self.args.mask_type != "none":
             token_rewards = ops.spread_segment_rewards(seg_norm, segment_ids, mode="even")
             padded = torch.zeros_like(advantages)
             padded[:, : token_rewards.shape[1]] = token_rewards
             seq = seg.scores.to(device)
-            seq_sign = torch.where(seq >= self._group_mean_of(seq), 1, -1)
-            baseline = global_baseline(self.accelerator, self.args.asr_baseline, padded, response_mask)
-            res = ops.asr_segments(padded, response_mask, seq_sign, baseline=baseline,
-                                   delta=self.args.asr_delta, neutral=self.args.asr_neutral, empty=self.args.asr_empty)
+            seq_sign = ops.sequence_sign(seq, self._group_mean_of(seq))  # ties +1 (docs/method.md#sequence-sign)
+            res = self.keep_mask(padded, response_mask, seq_sign, out["completion_ids"])
             tool_mask = out.get("tool_mask")
             keep = res.keep.int() if tool_mask is None else res.keep.int() * tool_mask
             out["tool_mask"] = keep
@@ -141,7 +147,33 @@ class SegmentGRPOTrainer(CompleteCheckpointsMixin, GRPOTrainer):
             )
             self._metrics[mode]["kept_token_fraction"].append((counts[0] / counts[1].clamp(min=1)).item())
             self._metrics[mode]["asr_fallbacks"].append(self.accelerator.gather(res.fallback.sum()).sum().item())
+            if self.args.mask_type == "asr":
+                self._metrics[mode]["asr/delta"].append(res.delta)
         return out
+
+    def keep_mask(self, token_rewards: torch.Tensor, response_mask: torch.Tensor, seq_sign: torch.Tensor,
+                  completion_ids: torch.Tensor) -> ops.KeepMaskResult:
+        """The keep mask of one generation batch (``mask_type``; docs/method.md#asr-mask).
+
+        Batch-wide baselines and ``asr_delta="auto"`` are resolved over the whole generation batch of
+        *every* process, before its updates (never per micro-batch: the mask then depends neither on
+        the number of processes nor on gradient accumulation).
+
+        Shapes: ``token_rewards``, ``response_mask``, ``completion_ids`` (B, T); ``seq_sign`` (B,).
+        """
+        options = self.args.mask_kwargs()
+        options["baseline"] = global_baseline(self.accelerator, options["baseline"], token_rewards, response_mask)
+        if options["kind"] == "asr" and options["delta"] == "auto":
+            options["delta"] = global_auto_delta(self.accelerator, token_rewards, response_mask, options["baseline"],
+                                                 options["delta_quantile"])
+        is_boundary = None
+        if options["kind"] == "stepwise":
+            if getattr(self, "_boundary_table", None) is None:
+                from segrl.token_rewards import boundary_token_table
+
+                self._boundary_table = boundary_token_table(self.processing_class, self.args.step_boundary_chars)
+            is_boundary = self._boundary_table.to(completion_ids.device)[completion_ids] & response_mask
+        return ops.keep_mask(token_rewards, response_mask, seq_sign, is_boundary=is_boundary, **options)
 
     def _gathered_groups(self, local: torch.Tensor) -> tuple[torch.Tensor, slice]:
         """Gather per-row statistics from all processes, grouped by prompt; and this process's slice."""
@@ -157,14 +189,15 @@ class SegmentGRPOTrainer(CompleteCheckpointsMixin, GRPOTrainer):
         return grouped.mean(dim=1).repeat_interleave(g)[local]
 
     def _group_segment_stats(self, seg_norm: torch.Tensor, seg_valid: torch.Tensor):
-        """Mean and (unbiased, as TRL) std of all segment rewards of each row's group, or of the batch."""
-        m = seg_valid.float()
-        per_row = torch.stack([(seg_norm * m).sum(1), (seg_norm**2 * m).sum(1), m.sum(1)], dim=1)
+        """Mean and (unbiased, as TRL) std of all segment rewards of each row's group, or of the batch.
+
+        Each row's :func:`segrl.ops.masked_moments` are gathered from every process and summed per
+        group (``scale_rewards="batch"``: over the whole batch), then :func:`segrl.ops.moments_mean_std`.
+        Shapes: ``seg_norm``, ``seg_valid`` (B, K) -> mean (B,), std (B,), float32.
+        """
+        per_row = ops.masked_moments(seg_norm, seg_valid, dim=1).T  # (B, 3)
         grouped, local = self._gathered_groups(per_row)
         g = grouped.shape[1]
         totals = grouped.sum(dim=1) if self.scale_rewards != "batch" else grouped.sum(dim=(0, 1)).expand(grouped.shape[0], 3)
-        count = totals[:, 2].clamp(min=1)
-        mean = totals[:, 0] / count
-        var = (totals[:, 1] - count * mean**2) / (count - 1).clamp(min=1)
-        std = var.clamp(min=0).sqrt()
-        return mean.repeat_interleave(g)[local], std.repeat_interleave(g)[local]
+        mean, std = ops.moments_mean_std(totals.T, unbiased=True)
+        return mean.float().repeat_interleave(g)[local], std.float().repeat_interleave(g)[local]

@@ -35,6 +35,7 @@ from .normalizer import (
     segment_locations,
 )
 from .ppo import gae_advantages, masked_mean, masked_whiten, ppo_policy_loss, ppo_value_loss, shaped_rewards
+from .moments import AllReduce, masked_moments, moments_mean_std, resolve_global_baseline
 from .segments import (
     entropy_segment_ids,
     location_normalize,
@@ -82,3 +83,4 @@ __all__ = [
     "stepwise_mask",
     "tokenwise_mask",
 ]
+__all__ += ["AllReduce", "masked_moments", "moments_mean_std", "resolve_global_baseline"]

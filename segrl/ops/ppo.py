@@ -1,7 +1,8 @@
-"""PPO maths for dense per-token rewards (SPEC §3), as pure torch functions.
+"""PPO maths for dense per-token rewards (docs/method.md#ppo), as pure torch functions.
 
-Shapes follow SPEC §0: right-padded ``(B, T)`` over response tokens. The order of the functions is
-the order a PPO iteration uses them: shaped rewards -> GAE -> whitening -> losses.
+Shapes follow docs/method.md#tensor-conventions: right-padded ``(B, T)`` over response tokens. The
+order of the functions is the order a PPO iteration uses them: shaped rewards -> GAE -> whitening
+(:func:`segrl.ops.masked_whiten`, in :mod:`segrl.ops.moments`) -> losses.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from ._checks import as_mask, check_finite_where, check_real, check_same_shape
+from .moments import masked_mean, masked_whiten  # noqa: F401  (re-exported: they lived here)
 
 
 def shaped_rewards(
@@ -72,29 +74,6 @@ def gae_advantages(
         advantages[:, t] = next_advantage
         next_value = values[:, t]
     return advantages, (advantages + values) * m
-
-
-def masked_whiten(values: torch.Tensor, mask: torch.Tensor, *, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
-    """Whiten over the valid tokens of the whole batch (population variance); 0 at padding.
-
-    Shape: (B, T) -> (B, T).
-    """
-    mask = as_mask(mask)
-    check_same_shape(values, "values", mask, "mask")
-    m = mask.to(values.dtype)
-    count = m.sum().clamp(min=1)
-    mean = (values * m).sum() / count
-    var = (((values - mean) * m) ** 2).sum() / count
-    whitened = (values - mean) * torch.rsqrt(var + eps)
-    if not shift_mean:
-        whitened = whitened + mean
-    return whitened * m
-
-
-def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over the True entries of ``mask`` (0 if there are none). Shape: (B, T) -> ()."""
-    m = mask.to(values.dtype)
-    return (values * m).sum() / m.sum().clamp(min=1)
 
 
 def ppo_policy_loss(

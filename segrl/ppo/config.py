@@ -1,16 +1,45 @@
-"""Configuration of the dense-reward PPO trainer. Defaults follow SPEC §3 / the published runs."""
+"""Configuration of the dense-reward PPO trainer. Defaults follow docs/method.md#ppo / the published runs."""
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
+from segrl.asr_options import ASRArguments
 from segrl.checkpoints import ResumeArguments
-from segrl.ops import parse_baseline
+
+
+def apply_asr_alias(config) -> None:
+    """Map the deprecated ``asr: bool`` of the PPO / GRPO configs onto ``mask_type`` (in place).
+
+    ``asr=True`` means ``mask_type="asr"``, ``asr=False`` means ``mask_type="none"``; ``None`` (the
+    default) leaves ``mask_type`` alone. A contradiction (``asr=True, mask_type="tokenwise"``) is an
+    error. The alias is consumed: afterwards ``config.asr`` is ``None`` again, so that
+    ``dataclasses.replace(config, mask_type=...)`` works.
+    """
+    if config.asr is not None:
+        if not isinstance(config.asr, bool):
+            raise ValueError(f"`asr` must be true or false, got {config.asr!r}")
+        warnings.warn("`asr` is deprecated: use `mask_type` ('asr' | 'tokenwise' | 'stepwise' | 'none')",
+                      DeprecationWarning, stacklevel=4)
+        wanted = "asr" if config.asr else "none"
+        if config.mask_type not in ("none", wanted):
+            raise ValueError(f"`asr={config.asr}` contradicts `mask_type={config.mask_type!r}`; set only `mask_type`")
+        config.mask_type = wanted
+        config.asr = None
+
+
+MASK_TYPE_HELP = ("Which tokens enter the policy loss: 'none' (every response token: plain PPO, the default), "
+                  "'asr' (ASR-PPO: hysteresis segments agreeing with the sequence sign), 'tokenwise' or 'stepwise'.")
 
 
 @dataclass
-class SegmentPPOConfig(ResumeArguments):
-    """Dense-reward PPO with a critic (arXiv 2501.02790) and the optional ASR policy mask (arXiv 2411.00809)."""
+class SegmentPPOConfig(ASRArguments, ResumeArguments):
+    """Dense-reward PPO with a critic (arXiv 2501.02790) and the optional keep mask on the policy loss
+    (ASR, arXiv 2411.00809; options of :class:`segrl.asr_options.ASRArguments`, checked at construction)."""
+
+    mask_type: str = field(default="none", metadata={"help": MASK_TYPE_HELP,
+                                                      "choices": ["none", "asr", "tokenwise", "stepwise"]})
 
     output_dir: str = field(default="runs/ppo", metadata={"help": "Where checkpoints, logs and the final policy go."})
     policy: str = field(default="", metadata={"help": "SFT policy: hub id or local path."})
@@ -53,14 +82,12 @@ class SegmentPPOConfig(ResumeArguments):
     cliprange_value: float = field(default=0.2, metadata={"help": "Value clip (the paper's dense runs used 0.25)."})
     vf_coef: float = field(default=1.0, metadata={"help": "Weight of the value loss (the critic has its own optimiser)."})
     sigma_floor: float = field(default=1e-2, metadata={"help": "Floor of sigma(p) in the location normaliser."})
-    asr: bool = field(default=False, metadata={"help": "ASR-PPO: mask the policy loss to segments agreeing in sign."})
-    asr_signal: str = field(
-        default="token_rewards", metadata={"help": "Token signal for the ASR mask: 'token_rewards' or critic 'values'."}
+    asr: bool | None = field(
+        default=None, metadata={"help": "Deprecated: `mask_type` ('asr' for true, 'none' for false)."}
     )
-    asr_baseline: str = field(default="batch_mean", metadata={"help": "batch_mean | sequence_mean | zero | a number."})
-    asr_delta: float = field(default=0.0, metadata={"help": "ASR hysteresis half-width."})
-    asr_neutral: str = field(default="drop", metadata={"help": "drop | keep undecided tokens."})
-    asr_empty: str = field(default="full", metadata={"help": "full | none for rows whose ASR mask is empty."})
+    asr_signal: str = field(
+        default="token_rewards", metadata={"help": "Token signal for the keep mask: 'token_rewards' or critic 'values'."}
+    )
     seed: int = field(default=42, metadata={"help": "Seed for prompts order, sampling and heads."})
     logging_steps: int = field(default=1, metadata={"help": "Log every N iterations."})
     save_steps: int = field(default=0, metadata={"help": "Checkpoint every N iterations (0 = only at the end)."})
@@ -71,6 +98,8 @@ class SegmentPPOConfig(ResumeArguments):
     use_cpu: bool = field(default=False, metadata={"help": "Force CPU even if an accelerator is present."})
 
     def __post_init__(self):
+        apply_asr_alias(self)
+        super().__post_init__()  # the ASR fields (ASRArguments): bad options fail here, not at the first rollout
         if self.critic_init not in ("policy", "reward_model"):
             raise ValueError(f"`critic_init` must be 'policy' or 'reward_model', got {self.critic_init!r}")
         if self.asr_signal not in ("token_rewards", "values"):
@@ -80,4 +109,3 @@ class SegmentPPOConfig(ResumeArguments):
                 f"`rollout_batch_size` ({self.rollout_batch_size}) must be a multiple of "
                 f"`mini_batch_size` ({self.mini_batch_size})"
             )
-        self.asr_baseline = parse_baseline(self.asr_baseline, "asr_baseline")

@@ -19,7 +19,7 @@ from trl.trainer.utils import disable_dropout_in_model, entropy_from_logits, sel
 
 from segrl._trl_compat import check_trl_compat
 from segrl import ops
-from segrl._distributed import global_baseline
+from segrl._distributed import global_auto_delta, sum_hook
 from segrl.checkpoints import check_checkpoint, finalize_checkpoint, resolve_checkpoint
 
 from .config import SegmentPPOConfig
@@ -99,6 +99,8 @@ class SegmentPPOTrainer:
         self.reward_source = reward_source
         self.iteration = 0
         self.history: list[dict] = []
+        #: The hysteresis half-width of the last rollout's ASR mask (``asr_delta`` resolved), logged as `asr/delta`.
+        self.asr_delta: float | None = None
 
     # ------------------------------------------------------------------ data
     def _tokenize_prompts(self, prompts) -> list[list[int]]:
@@ -187,16 +189,11 @@ class SegmentPPOTrainer:
         advantages = self._global_whiten(advantages, response_mask)
 
         loss_mask, fallbacks = response_mask, torch.zeros((), device=rewards.device)
-        if args.asr:
-            seq = dense.seq_rewards
-            seq_sign = torch.where(seq >= self._global_mean(seq), 1, -1)  # ties -> +1 (SPEC §1)
+        if args.mask_type != "none":
             signal = token_rewards if args.asr_signal == "token_rewards" else values
-            baseline = global_baseline(self.accelerator, args.asr_baseline, signal, response_mask)
-            res = ops.asr_segments(
-                signal, response_mask, seq_sign, baseline=baseline, delta=args.asr_delta,
-                neutral=args.asr_neutral, empty=args.asr_empty,
-            )
-            loss_mask, fallbacks = res.keep, res.fallback.sum().float()
+            kept = self.keep_mask(dense.seq_rewards, signal, response_mask, responses)
+            loss_mask, fallbacks = kept.keep, kept.fallback.sum().float()
+            self.asr_delta = kept.delta  # the same on every process; logged as asr/delta
         return {
             "query_responses": query_responses, "attention_mask": attention_mask, "responses": responses,
             "context_length": torch.tensor(context_length), "response_mask": response_mask, "loss_mask": loss_mask,
@@ -206,18 +203,41 @@ class SegmentPPOTrainer:
             "fallbacks": fallbacks,
         }
 
+    def keep_mask(self, seq_rewards: torch.Tensor, signal: torch.Tensor, response_mask: torch.Tensor,
+                  responses: torch.Tensor) -> ops.KeepMaskResult:
+        """The policy-loss keep mask of a rollout batch (``mask_type``; docs/method.md#asr-mask).
+
+        Sequence sign ``+1`` where the sequence reward is at least the batch mean of the rollout of
+        *every* process (ties ``+1``, docs/method.md#sequence-sign); batch-wide baselines are
+        resolved over every process too, and ``asr_delta="auto"`` over the valid tokens of the whole
+        rollout batch of all processes (:func:`segrl._distributed.global_auto_delta`), before any update, so the mask
+        depends neither on the number of processes nor on ``mini_batch_size``.
+
+        Shapes: ``seq_rewards`` (B,); ``signal``, ``response_mask``, ``responses`` (B, T).
+        """
+        args, hook = self.args, sum_hook(self.accelerator)
+        seq_sign = ops.sequence_sign(seq_rewards, self._global_mean(seq_rewards))
+        options = args.mask_kwargs()
+        options["baseline"] = ops.resolve_global_baseline(signal, response_mask, options["baseline"], all_reduce=hook)
+        if options["kind"] == "asr" and options["delta"] == "auto":
+            options["delta"] = global_auto_delta(self.accelerator, signal, response_mask, options["baseline"],
+                                                 options["delta_quantile"])
+        is_boundary = None
+        if options["kind"] == "stepwise":
+            if getattr(self, "_boundary_table", None) is None:
+                from segrl.token_rewards import boundary_token_table
+
+                self._boundary_table = boundary_token_table(self.tokenizer, args.step_boundary_chars)
+            is_boundary = self._boundary_table.to(responses.device)[responses] & response_mask
+        return ops.keep_mask(signal, response_mask, seq_sign, is_boundary=is_boundary, **options)
+
     def _global_mean(self, x: torch.Tensor) -> torch.Tensor:
-        total = self.accelerator.reduce(torch.stack([x.sum(), torch.tensor(float(x.numel()), device=x.device)]), "sum")
-        return total[0] / total[1]
+        """Mean of every entry of ``x`` over the batches of all processes (the moments hook). Shape: any -> ()."""
+        return ops.masked_mean(x, all_reduce=sum_hook(self.accelerator))
 
     def _global_whiten(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Whiten over the valid tokens of the whole rollout batch, across all processes."""
-        m = mask.to(x.dtype)
-        s = self.accelerator.reduce(torch.stack([(x * m).sum(), m.sum(), (x * x * m).sum()]), "sum")
-        count = s[1].clamp(min=1)
-        mean = s[0] / count
-        var = (s[2] / count - mean**2).clamp(min=0)
-        return (x - mean) * torch.rsqrt(var + 1e-8) * m
+        """Whiten over the valid tokens of the whole rollout batch, across all processes. Shape: (B, T)."""
+        return ops.masked_whiten(x, mask, all_reduce=sum_hook(self.accelerator))
 
     # ------------------------------------------------------------------ update
     def update(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -300,6 +320,7 @@ class SegmentPPOTrainer:
             "mean_segment_length": t["segment_tokens"] / max(t["segments_per_response"], 1.0),
             "kept_token_fraction": t["kept_tokens"] / tokens,
             "asr_fallbacks": t["asr_fallbacks"],
+            **({"asr/delta": self.asr_delta} if self.args.mask_type == "asr" else {}),
         }
 
     # ------------------------------------------------------------------ loop
