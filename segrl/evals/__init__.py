@@ -29,6 +29,8 @@ _EXPORTS = {
     "evaluate_mmlu": "segrl.evals.mmlu",
     "evaluate_gsm8k": "segrl.evals.gsm8k",
     "loglikelihoods": "segrl.evals.mmlu",
+    "mmlu_items": "segrl.evals.mmlu",
+    "gsm8k_items": "segrl.evals.gsm8k",
     "load_split": "segrl.evals.loading",
     "extract_answer": "segrl.evals.reasoning",
     "load_adversarial_prompts": "segrl.evals.refusal",
