@@ -251,7 +251,10 @@ def test_quick_demo_end_to_end_and_cached_rerun(tmp_path, capsys):
     assert all(base64.b64decode(img)[:8] == b"\x89PNG\r\n\x1a\n" for img in images)
     assert "<iframe srcdoc=" in report and "class=&quot;tok" in report
     assert not re.search(r'(src|href)="https?://', report)  # self-contained
-    for name in ("curves.png", "comparison.png", "heatmap.html", "heatmap.png"):
+    # credit next to the results (segment RM and the DPO run's implicit reward), training pairs, provenance
+    assert report.index("id='credit'") < report.index("Learning curves") and "implicit reward of the DPO run" in report
+    assert "What the mask did in training" in report and "id='provenance'" in report and "lab-neg" in report
+    for name in ("curves.png", "comparison.png", "heatmap.html", "heatmap.png", "training_pairs.html"):
         assert (out / name).stat().st_size > 1000, name
     md = (out / "results.md").read_text()
     assert "| SFT | 1 |" in md and "| ASR-DPO (segment RM) | 1 |" in md and "| seed | RM | c |" in md
@@ -262,6 +265,7 @@ def test_quick_demo_end_to_end_and_cached_rerun(tmp_path, capsys):
         assert "".join(row["tokens"]).endswith("<|eos|>")
         assert len(row["tokens"]) == len(row["rewards"]) == len(row["segment_ids"]) == len(row["kept"])
         assert row["segment_ids"][-1] == -1  # a dense RM's EOS belongs to no segment
+        assert len(row["labels"]) == len(row["tokens"]) and row["labels"][-1] == 0  # oracle labels, EOS unlabelled
     # `segrl viz` re-renders the heat-map rows.
     assert main(["viz", "--token_rewards_file", str(out / "token_rewards.jsonl"),
                  "--output_html", str(out / "again.html")]) == 0
