@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from segrl.commands._common import parse_args
 from segrl.commands import dpo as dpo_cmd
 
 CONFIGS = sorted((Path(__file__).parent.parent / "examples" / "configs").glob("dpo_*.yaml"))
@@ -12,7 +13,7 @@ CONFIGS = sorted((Path(__file__).parent.parent / "examples" / "configs").glob("d
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_example_configs_parse(path):
-    script, args, model = dpo_cmd.make_parser().parse_args_and_config(args=["--config", str(path)])
+    script, args, model = parse_args(dpo_cmd.make_parser(), ["--config", str(path)], "segrl dpo")
     assert script.dataset_name and model.model_name_or_path
     assert args.mask_type in ("asr", "tokenwise", "stepwise", "none")
     assert args.output_dir.startswith("runs/")
@@ -20,8 +21,8 @@ def test_example_configs_parse(path):
 
 def test_flags_override_yaml():
     path = next(p for p in CONFIGS if p.name == "dpo_asr_implicit.yaml")
-    _, args, _ = dpo_cmd.make_parser().parse_args_and_config(
-        args=["--config", str(path), "--mask_type", "stepwise", "--asr_baseline", "0.5"])
+    _, args, _ = parse_args(dpo_cmd.make_parser(), ["--config", str(path), "--mask_type", "stepwise",
+                                                     "--asr_baseline", "0.5"], "segrl dpo")
     assert args.mask_type == "stepwise" and args.asr_baseline == 0.5
 
 

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from segrl.commands._common import parse_args
 from segrl.commands import rs as rs_cmd
 
 CONFIGS = sorted((Path(__file__).parent.parent / "examples" / "configs").glob("rs_*.yaml"))
@@ -12,7 +13,7 @@ CONFIGS = sorted((Path(__file__).parent.parent / "examples" / "configs").glob("r
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_example_configs_parse(path):
-    script, args, model = rs_cmd.make_parser().parse_args_and_config(args=["--config", str(path)])
+    script, args, model = parse_args(rs_cmd.make_parser(), ["--config", str(path)], "segrl rs")
     assert model.model_name_or_path
     assert script.dataset_name or args.candidates_file
     assert args.selection in ("best", "threshold")

@@ -282,7 +282,10 @@ def command_main(prog: str, argv: Sequence[str] | None, make_parser: Callable, r
         print(fast_help(prog, help_groups, inherited=inherited, common=common))
         return 0
     if "--help-all" in argv:
-        make_parser().parse_args(["--help"])  # argparse prints everything and exits 0
+        try:
+            make_parser().parse_args(["--help"])  # argparse prints everything and exits 0
+        except SystemExit as exit_:
+            return int(exit_.code or 0)
         return 0
     holder: dict = {}
 
