@@ -105,6 +105,31 @@ def test_hub_ids_go_to_datasets_load_dataset(monkeypatch):
     assert calls == [(("cais/mmlu", "all"), {"split": "test"}), (("openai/gsm8k", "main"), {"split": "train"})]
 
 
+def test_hub_ids_give_the_test_and_few_shot_splits(monkeypatch):
+    import datasets
+
+    from segrl.evals.gsm8k import gsm8k_items
+    from segrl.evals.mmlu import mmlu_items
+
+    local = {("cais/mmlu", "all", "test"): MMLU / "test.jsonl", ("cais/mmlu", "all", "dev"): MMLU / "dev.jsonl",
+             ("openai/gsm8k", "main", "test"): GSM8K / "test.jsonl",
+             ("openai/gsm8k", "main", "train"): GSM8K / "train.jsonl"}
+    calls = []
+
+    def fake_load_dataset(name, config=None, *, split):
+        calls.append((name, config, split))
+        return datasets.Dataset.from_list(_rows(local[(name, config, split)]))
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    items = mmlu_items("cais/mmlu", num_fewshot=1, limit=1)
+    assert calls == [("cais/mmlu", "all", "test"), ("cais/mmlu", "all", "dev")]
+    assert "Answer: B\n\nWhat is 7 multiplied by 8?" in items[0]["prompt"]  # the first dev row of the subject
+    calls.clear()
+    items = gsm8k_items("openai/gsm8k", num_fewshot=3, limit=2)
+    assert calls == [("openai/gsm8k", "main", "test"), ("openai/gsm8k", "main", "train")]
+    assert [i["prompt"].count("Question:") for i in items] == [4, 4]
+
+
 def test_hub_id_offline_is_a_clear_error():
     from segrl.evals.loading import load_split
 
