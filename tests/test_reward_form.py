@@ -235,3 +235,13 @@ def test_fit_norm_cli_reward_form(make_rm, tmp_path):
     cfg.reward_form = "diff"  # e.g. from Python
     with pytest.raises(ValueError, match="reward_form"):
         run(cfg)
+
+
+def test_pipeline_rm_settings_carry_the_form():
+    """`segrl experiment --rm_reward_form delta` reaches the RM stage's settings (and its cache key)."""
+    from segrl.pipeline.settings import RMSettings, settings_key
+
+    assert RMSettings().reward_form == "value"
+    assert settings_key(RMSettings()) != settings_key(RMSettings(reward_form="delta"))
+    with pytest.raises(ValueError, match="rm_reward_form"):
+        RMSettings(reward_form="diff")

@@ -50,6 +50,8 @@ class PipelineOptions:
     rm_epochs: float = _f(2.0, "Reward-model epochs over the training pairs.")
     rm_batch_size: int = _f(32, "Reward-model batch size (pairs).")
     rm_learning_rate: float = _f(1e-3, "Reward-model learning rate (fresh scalar head on the SFT backbone).")
+    rm_reward_form: str = _f("value", "Token-reward form of every RM (normaliser fitted on it): 'value' (the RM "
+                                      "value at each segment end) or 'delta' (its change since the previous end).")
     # DPO
     dpo_steps: int = _f(100, "DPO steps per run.")
     dpo_batch_size: int = _f(32, "DPO batch size (pairs).")
@@ -97,7 +99,8 @@ class PipelineOptions:
             pairs=PairSettings(source=self.pair_source, n_prompts=self.pair_prompts,
                                samples_per_prompt=self.samples_per_prompt, conflict_fraction=self.conflict_fraction),
             rm=RMSettings(segment_threshold=self.segment_threshold, epochs=self.rm_epochs,
-                          batch_size=self.rm_batch_size, learning_rate=self.rm_learning_rate),
+                          batch_size=self.rm_batch_size, learning_rate=self.rm_learning_rate,
+                          reward_form=self.rm_reward_form),
             dpo=DPOSettings(steps=self.dpo_steps, batch_size=self.dpo_batch_size,
                             learning_rate=self.dpo_learning_rate, beta=self.dpo_beta,
                             asr_baseline=str(self.asr_baseline), asr_delta=self.asr_delta),

@@ -72,8 +72,12 @@ class RMSettings:
     batch_size: int = 32
     learning_rate: float = 1e-3
     normalizer_pairs: int = 512
+    reward_form: str = "value"
 
     def __post_init__(self):
+        from segrl.rm.scoring import parse_reward_form
+
+        parse_reward_form(self.reward_form, "rm_reward_form")
         if not (self.segment_threshold >= 0):
             raise ValueError(f"`segment_threshold` must be >= 0, got {self.segment_threshold}")
         if not self.epochs > 0:

@@ -279,8 +279,8 @@ class Pipeline:
         del trainer
         rm = SegmentRewardModel.from_pretrained(out)
         fit = fit_normalizer(rm, train_ds, n_pairs=min(s.normalizer_pairs, len(train_ds)), batch_size=64,
-                             progress=False, plot_path=out / "normalizer.png")
-        SegmentRewardModel.write_normalizer(out, fit.coef)
+                             progress=False, plot_path=out / "normalizer.png", reward_form=s.reward_form)
+        SegmentRewardModel.write_normalizer(out, fit.coef, fit.reward_form)
         pairwise = evaluate_pairwise(rm, eval_ds, batch_size=64, progress=False)
         train_acc = evaluate_pairwise(rm, Dataset.from_list([{k: r[k] for k in cols} for r in train[:256]]),
                                       batch_size=64, progress=False)["accuracy"]
