@@ -510,7 +510,8 @@ def _judge(report: dict, token: str, stdout: str, stderr: str, wall: float, sup_
     reason = report.get("reason")
 
     def note(message):
-        return (stderr + ("\n" if stderr and not stderr.endswith("\n") else "") + f"segrl sandbox: {message}\n")[-_TAIL:]
+        sep = "\n" if stderr and not stderr.endswith("\n") else ""
+        return (stderr + sep + f"segrl sandbox: {message}\n")[-_TAIL:]
 
     if "error" in report:
         return SandboxResult("failed", None, stdout, note(report["error"]), wall)

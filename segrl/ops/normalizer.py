@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -9,6 +10,9 @@ import numpy as np
 from .segments import LOG_EPS
 
 HUBER_EPSILON = 1.35
+_KEYS = ("a_mu", "b_mu", "a_sigma", "b_sigma")
+#: A fit whose sigma(1) is at most this fraction of the largest bucket std counts as sigma ~ 0.
+MIN_SIGMA_RATIO = 1e-3
 
 
 @dataclass(frozen=True)
@@ -24,11 +28,30 @@ class LocationNormalizerCoef:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data) -> LocationNormalizerCoef:
-        missing = [k for k in ("a_mu", "b_mu", "a_sigma", "b_sigma") if k not in data]
+    def from_dict(cls, data, name: str = "normalizer") -> LocationNormalizerCoef:
+        """Read saved coefficients, checking them: finite numbers and ``sigma(1) = b_sigma > 0``.
+
+        ``name`` prefixes the errors (``"segment_rm.normalizer"`` for a saved RM's config).
+        """
+        if not isinstance(data, Mapping):
+            raise ValueError(f"`{name}` must be a mapping of {list(_KEYS)}, got {type(data).__name__}")
+        missing = [k for k in _KEYS if k not in data]
         if missing:
-            raise ValueError(f"normaliser coefficients are missing {missing}")
-        return cls(*(float(data[k]) for k in ("a_mu", "b_mu", "a_sigma", "b_sigma")))
+            raise ValueError(f"`{name}` (normaliser coefficients) is missing {missing}")
+        values = []
+        for k in _KEYS:
+            v = data[k]
+            if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not np.isfinite(v):
+                raise ValueError(f"`{name}.{k}` must be a finite number, got {v!r}")
+            values.append(float(v))
+        coef = cls(*values)
+        if not coef.b_sigma > 0:
+            raise ValueError(
+                f"`{name}.b_sigma` must be > 0 (it is sigma(p) at p = 1, the last segment of every response), got "
+                f"{coef.b_sigma!r}: a non-positive sigma would be floored to sigma_floor and scale the rewards by "
+                "1 / sigma_floor. Refit the normaliser (segrl fit-norm)"
+            )
+        return coef
 
 
 @dataclass(frozen=True)
@@ -72,12 +95,14 @@ def location_buckets(locations, rewards) -> LocationBuckets:
     return LocationBuckets(bucket_locations, means, stds, counts.astype(np.int64))
 
 
-def fit_location_normalizer(locations, rewards) -> LocationNormalizerCoef:
+def fit_location_normalizer(locations, rewards, *, check: bool = False, min_buckets: int = 1) -> LocationNormalizerCoef:
     """Fit ``mu(p)`` and ``sigma(p)`` by Huber regression of bucket means / stds on ``ln(p + 1e-10)``.
 
     Args:
         locations: ``p_k = k / K`` of every scored segment. Shape: (N,).
         rewards: the raw segment rewards. Shape: (N,).
+        check: reject a degenerate fit with :func:`check_location_fit` (``segrl fit-norm`` does).
+        min_buckets: with ``check``, the fewest location buckets accepted (2 for a segment RM).
 
     Returns:
         :class:`LocationNormalizerCoef`. Each bucket is one unweighted point (as published).
@@ -88,12 +113,42 @@ def fit_location_normalizer(locations, rewards) -> LocationNormalizerCoef:
     x = np.log(buckets.locations + LOG_EPS).reshape(-1, 1)
     mu_fit = HuberRegressor(epsilon=HUBER_EPSILON).fit(x, buckets.means)
     sigma_fit = HuberRegressor(epsilon=HUBER_EPSILON).fit(x, buckets.stds)
-    return LocationNormalizerCoef(
+    coef = LocationNormalizerCoef(
         a_mu=float(mu_fit.coef_[0]),
         b_mu=float(mu_fit.intercept_),
         a_sigma=float(sigma_fit.coef_[0]),
         b_sigma=float(sigma_fit.intercept_),
     )
+    if check:
+        check_location_fit(coef, buckets, min_buckets=min_buckets)
+    return coef
+
+
+def check_location_fit(coef: LocationNormalizerCoef, buckets: LocationBuckets, *, min_buckets: int = 1) -> None:
+    """Raise ``ValueError`` (with the numbers) when a normaliser fit is degenerate.
+
+    Degenerate: too few segments to measure any spread (no bucket holds 2 or more), fewer than
+    ``min_buckets`` location buckets, every bucket's rewards identical (all stds 0), or a fitted
+    ``sigma(1) = b_sigma`` at or below ``MIN_SIGMA_RATIO`` times the largest bucket std (sigma ~ 0,
+    which the ``sigma_floor`` would turn into a 1 / sigma_floor scaling of every reward).
+    """
+    n, nb = int(buckets.counts.sum()), int(buckets.locations.size)
+    where = f"{n} segment(s) in {nb} location bucket(s)"
+    if int(buckets.counts.max(initial=0)) < 2:
+        raise ValueError(f"degenerate normaliser fit: too few segments ({where}, none with 2 or more segments): no "
+                         "spread to fit sigma(p) on; score more pairs (`n_pairs`)")
+    if nb < min_buckets:
+        raise ValueError(f"degenerate normaliser fit: too few location buckets ({where}; at least {min_buckets} "
+                         f"needed to fit mu(p) and sigma(p) against p): every response had the same number of "
+                         "segments; check the segmentation threshold or score more pairs")
+    top = float(buckets.stds.max())
+    if not top > 0:
+        raise ValueError(f"degenerate normaliser fit: every bucket's segment rewards are identical ({where}, all "
+                         "stds 0), so sigma(p) would be 0; is the reward model constant?")
+    if not coef.b_sigma > MIN_SIGMA_RATIO * top:
+        raise ValueError(f"degenerate normaliser fit: sigma(1) = b_sigma = {coef.b_sigma:.6g} is ~0 or negative "
+                         f"(largest bucket std {top:.6g}, {where}; fitted a_sigma = {coef.a_sigma:.6g}): the "
+                         "sigma_floor would scale every reward by 1 / sigma_floor; score more pairs")
 
 
 def segment_locations(seg_valid) -> np.ndarray:

@@ -114,12 +114,19 @@ class SegmentRMSettings:
             )
         data = dict(data)
         known = {"format", "threshold", "reference_model", "normalizer", "sigma_floor", "reward_form"}
+        fmt = data.get("format", _FORMAT)
+        if type(fmt) is not int or fmt != _FORMAT:
+            raise ValueError(f"`{CONFIG_KEY}.format` is {fmt!r}, but this segrl reads format {_FORMAT} "
+                             "(saved by another segrl version?)")
+        sigma_floor = data.get("sigma_floor", 1e-2)
+        if isinstance(sigma_floor, bool) or not isinstance(sigma_floor, (int, float)) or not 0 < sigma_floor < math.inf:
+            raise ValueError(f"`{CONFIG_KEY}.sigma_floor` must be a finite number > 0, got {sigma_floor!r}")
         norm = data.get("normalizer")
         return cls(
             threshold=parse_threshold(data.get("threshold"), "segment_rm.threshold"),
             reference_model=data.get("reference_model"),
-            normalizer=None if norm is None else LocationNormalizerCoef.from_dict(norm),
-            sigma_floor=float(data.get("sigma_floor", 1e-2)),
+            normalizer=None if norm is None else LocationNormalizerCoef.from_dict(norm, f"{CONFIG_KEY}.normalizer"),
+            sigma_floor=float(sigma_floor),
             reward_form=parse_reward_form(data.get("reward_form", "value"), "segment_rm.reward_form"),
             extra={k: v for k, v in data.items() if k not in known},
         )

@@ -14,6 +14,7 @@ scoring with another form and ``normalize=True`` is an error.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,7 +86,9 @@ def fit_normalizer(rm: SegmentRewardModel, dataset, *, n_pairs: int | None = Non
     locations, rewards, used = collect_segment_rewards(rm, dataset, n_pairs=n_pairs, batch_size=batch_size,
                                                        max_length=max_length, seed=seed, progress=progress,
                                                        reward_form=form)
-    coef = fit_location_normalizer(locations, rewards)
+    # A degenerate fit (sigma ~ 0, too few segments or locations) is an error with the numbers; a
+    # bandit RM has one location (p = 1) by construction.
+    coef = fit_location_normalizer(locations, rewards, check=True, min_buckets=1 if math.isinf(rm.threshold) else 2)
     buckets = location_buckets(locations, rewards)
     rm.set_normalizer(coef, form)
     fit = NormalizerFit(coef, buckets, used, int(locations.size), reward_form=form)
