@@ -502,7 +502,7 @@ def render_html(
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{html.escape(title)}</title><style>{_CSS}</style></head>\n<body>"
         f"<h1>{html.escape(title)}</h1>{intro}{_legend_html(center, scale, has_labels)}{body}"
-        '<p class="note">Hover a token for its exact reward, segment id and kept flag. '
+        '<p class="note">Hover a token for its exact reward, segment id, kept flag and label. '
         f"Colour saturates at |r − {center:g}| ≥ {scale:.3g} (95th percentile over all tokens).</p>"
         "</body></html>\n"
     )
