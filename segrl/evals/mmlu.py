@@ -139,12 +139,11 @@ def loglikelihoods(model, tokenizer, requests: Sequence[tuple[str, str]], *, bat
         key = tuple(full[:-1][-max_len:] if max_len else full[:-1])
         plan.append((inputs.setdefault(key, len(inputs)), cont))
     keys = list(inputs)
+    users = defaultdict(list)  # forward index -> the requests it scores
+    for i, (fwd, _) in enumerate(plan):
+        users[fwd].append(i)
     order = sorted(range(len(keys)), key=lambda k: -len(keys[k]))
-    logprobs: list[dict] = [{}] * len(keys)  # per forward pass: position -> (V,) log-softmax
-    wanted = defaultdict(set)  # forward index -> positions whose distributions are needed
-    for fwd, cont in plan:
-        n = len(keys[fwd])
-        wanted[fwd].update(range(n - len(cont), n))
+    out = [0.0] * len(plan)
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     with progress_bar(len(keys), description, progress) as advance:
@@ -158,14 +157,14 @@ def loglikelihoods(model, tokenizer, requests: Sequence[tuple[str, str]], *, bat
                 mask[r, : len(keys[k])] = 1
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits  # Shape: (B, T, V)
             for r, k in enumerate(rows):
-                positions = sorted(wanted[k])
-                logprobs[k] = dict(zip(positions, torch.log_softmax(logits[r, positions].float(), dim=-1).cpu()))
+                n = len(keys[k])
+                for i in users[k]:
+                    cont = plan[i][1]
+                    # continuation token j sits at input position n - len(cont) + j + 1: its logits are one before
+                    positions = torch.arange(n - len(cont), n, device=logits.device)
+                    logp = torch.log_softmax(logits[r, positions].float(), dim=-1)  # Shape: (len(cont), V)
+                    out[i] = logp.gather(-1, torch.tensor(cont, device=logits.device)[:, None]).sum().item()
             advance(len(rows))
-    out = []
-    for fwd, cont in plan:
-        n = len(keys[fwd])
-        start = n - len(cont)
-        out.append(float(sum(logprobs[fwd][start + j][tok] for j, tok in enumerate(cont))))
     return out
 
 
