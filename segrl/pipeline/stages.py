@@ -292,10 +292,12 @@ class Pipeline:
         write_json(out / RESULT, record)
         self.cache.computed(key)
         self.cache.add_time(f"rm_{arm}", record["seconds"])
+        within = credit["auc_within_response"]
         self.reporter.note(f"  pairwise accuracy on {pairwise['n_pairs']} held-out pairs: {pairwise['accuracy']:.3f} "
                            f"(train {train_acc:.3f}); {pairwise['segments_per_response']:.2f} segments / response, "
                            f"mean length {pairwise['mean_segment_length']:.2f}; token credit AUC vs oracle "
-                           f"{credit['auc']:.3f} ({record['seconds']:.0f}s)")
+                           f"{credit['auc']:.3f} pooled, {math.nan if within is None else within:.3f} within response "
+                           f"({record['seconds']:.0f}s)")
         return record
 
     # ------------------------------------------------------------------ methods (shared)
