@@ -24,7 +24,7 @@ def build_ppo_trainer(args: SegmentPPOConfig) -> SegmentPPOTrainer:
     """Load policy, reference, critic and segment RM by hub id or path, and wire them together."""
     from transformers import AutoModelForCausalLM, AutoModelForTokenClassification, AutoTokenizer
 
-    from segrl.rm.model import SegmentRewardModel
+    from segrl.rm.model import SegmentRewardModel, same_model_path
 
     if not args.policy:
         raise ValueError("`policy` is required (the SFT model: hub id or local path)")
@@ -35,7 +35,7 @@ def build_ppo_trainer(args: SegmentPPOConfig) -> SegmentPPOTrainer:
     rm = SegmentRewardModel.from_pretrained(args.reward_model)
     if rm.tokenizer.get_vocab() != tokenizer.get_vocab():
         raise ValueError("`reward_model` and `policy` use different tokenizers; segrl needs one shared tokenizer")
-    if rm.reference_model and rm.reference_model != reference:
+    if rm.reference_model and not same_model_path(rm.reference_model, reference):
         warnings.warn(
             f"the RM was trained with segments from {rm.reference_model!r} but PPO segments with {reference!r}; "
             "pass --reference_model to use the same one",

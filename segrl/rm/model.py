@@ -137,6 +137,39 @@ class SegmentRMSettings:
 # --------------------------------------------------------------------------------------------------
 
 
+def stored_reference(reference: str | None, rm_dir) -> str | None:
+    """How an RM saved in ``rm_dir`` records its reference model: as given (a Hub id, or a path),
+    except that a local path inside ``rm_dir`` is stored relative to it (``"./ref"``), so the RM
+    directory can be moved or pushed to the Hub with its reference."""
+    if not reference or not os.path.exists(reference):
+        return reference
+    ref, root = Path(reference).resolve(), Path(rm_dir).resolve()
+    if ref == root or root in ref.parents:
+        return "./" + ref.relative_to(root).as_posix() if ref != root else "."
+    return reference
+
+
+def resolve_reference(stored: str | None, rm_dir) -> str | None:
+    """The reference model of an RM loaded from ``rm_dir``: a stored ``./...`` path is relative to
+    ``rm_dir``; any other relative path is tried relative to ``rm_dir`` and then as given (the
+    working directory, or a Hub id)."""
+    if not stored or os.path.isabs(stored):
+        return stored
+    inside = Path(rm_dir) / stored
+    if stored.startswith("./") or stored == "." or (os.path.exists(inside) and not os.path.exists(stored)):
+        return os.fspath(inside)
+    return stored
+
+
+def same_model_path(a: str | None, b: str | None) -> bool:
+    """Whether two model references name the same model (local paths compared after resolving)."""
+    if a is None or b is None:
+        return a == b
+    if os.path.exists(a) and os.path.exists(b):
+        return os.path.samefile(a, b)
+    return a == b
+
+
 def _unwrap(model):
     # DDP / DeepSpeed engines keep the model in `.module`; PEFT models expose the base model.
     while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
@@ -334,7 +367,8 @@ class SegmentRewardModel:
         model.eval()
         rm = cls(
             model, tokenizer, threshold=settings.threshold,
-            reference_model=reference_model if reference_model is not None else settings.reference_model,
+            reference_model=reference_model if reference_model is not None else resolve_reference(
+                settings.reference_model, path),
             normalizer=settings.normalizer, sigma_floor=settings.sigma_floor, reward_form=settings.reward_form,
         )
         rm._extra = settings.extra
@@ -350,13 +384,16 @@ class SegmentRewardModel:
         if hasattr(model, "merge_and_unload"):
             model = copy.deepcopy(model).merge_and_unload()
         return cls(model, trainer.processing_class, threshold=settings.threshold,
-                   reference_model=settings.reference_model, normalizer=settings.normalizer,
+                   reference_model=resolve_reference(settings.reference_model, trainer.args.output_dir),
+                   normalizer=settings.normalizer,
                    sigma_floor=settings.sigma_floor, reward_form=settings.reward_form)
 
     def save_pretrained(self, path, **kwargs) -> Path:
         """Save model, tokenizer and the segment-RM settings (``config.segment_rm``)."""
         path = Path(path)
-        setattr(self.model.config, CONFIG_KEY, self.settings.to_dict())
+        settings = self.settings.to_dict()
+        settings["reference_model"] = stored_reference(self.reference_model, path)
+        setattr(self.model.config, CONFIG_KEY, settings)
         self.model.save_pretrained(path, **kwargs)
         self.tokenizer.save_pretrained(path)
         return path

@@ -46,6 +46,7 @@ from segrl.rm.model import (
     _unwrap,
     capture_per_position_values,
     parse_threshold,
+    stored_reference,
 )
 from segrl.rm.scoring import gather_response_values, segment_sequence_scores
 
@@ -194,9 +195,7 @@ class SegmentRewardTrainer(CompleteCheckpointsMixin, RewardTrainer):
         if reference is None:
             reference = model if isinstance(model, str) else (getattr(model.config, "_name_or_path", "") or None)
         if isinstance(reference, (str, os.PathLike)):
-            reference = os.fspath(reference)
-            if os.path.isdir(reference):
-                reference = os.path.abspath(reference)  # the saved RM must find it from any cwd
+            reference = os.fspath(reference)  # stored as given (see segrl.rm.model.stored_reference)
         self._reference = reference
         self._reference_module = reference if isinstance(reference, nn.Module) else None
         self._rm_vocab_rows = _vocab_rows(model, args)
@@ -216,7 +215,9 @@ class SegmentRewardTrainer(CompleteCheckpointsMixin, RewardTrainer):
         self.segment_settings = SegmentRMSettings(threshold=self.segment_threshold,
                                                   reference_model=self.reference_model, extra=self._threshold_info)
         # Written into config.json by save_model(), so the saved RM knows how to segment.
-        setattr(_unwrap(self.model).config, CONFIG_KEY, self.segment_settings.to_dict())
+        stored = self.segment_settings.to_dict()
+        stored["reference_model"] = stored_reference(self.reference_model, self.args.output_dir)
+        setattr(_unwrap(self.model).config, CONFIG_KEY, stored)
         tok = self.processing_class
         if tok.pad_token_id is not None and tok.pad_token_id == tok.eos_token_id:
             # HF pooling takes the last token that is not the pad id, i.e. it skips an EOS equal to pad,
