@@ -144,3 +144,33 @@ def test_one_crash_is_that_problems_failure_not_the_suites():
 def test_rejects_bad_max_processes():
     with pytest.raises(ValueError, match="max_processes"):
         run_python("pass", max_processes=0)
+
+
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+def _unprivileged_python():
+    from segrl.evals.sandbox import _unprivileged_user
+
+    if os.geteuid() != 0 or not os.path.exists(SYSTEM_PYTHON) or _unprivileged_user(SYSTEM_PYTHON) is None:
+        pytest.skip("needs root and an interpreter the `nobody` user can run")
+    return SYSTEM_PYTHON
+
+
+def test_as_root_the_program_runs_as_nobody_and_cannot_signal_its_parent():
+    python = _unprivileged_python()
+    r = run_python("import os\nprint(os.getuid(), os.getgid(), os.getgroups())\nopen('mine.txt', 'w').write('x')\n",
+                   python=python)
+    assert r.passed and r.stdout.split()[:2] == ["65534", "65534"] and r.stdout.split()[2] == "[]"
+    r = run_python("import os\nos.kill(os.getppid(), 9)\n", python=python)
+    assert r.status == "failed" and "PermissionError" in r.stderr  # the supervisor (root) is out of reach
+    assert r.returncode == 1  # reported by the supervisor, which survived
+
+
+def test_as_nobody_rlimit_nproc_bounds_a_fork_bomb():
+    python = _unprivileged_python()
+    program = ("import os, time\nn = 0\nfor _ in range(50):\n    try:\n        if os.fork() == 0:\n"
+               "            time.sleep(30)\n            os._exit(0)\n        n += 1\n    except OSError:\n        break\n"
+               "print(n, flush=True)\n")
+    r = run_python(program, python=python, max_processes=8, timeout_s=5)
+    assert r.passed and int(r.stdout) < 8  # forks beyond the limit failed with EAGAIN

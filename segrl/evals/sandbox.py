@@ -32,6 +32,10 @@ Limits of the program:
   does not bind root (the kernel exempts uid 0), so the supervisor also counts
   the program's processes every few milliseconds and kills them all once there are more (a fork
   bomb then fails with "too many processes" within milliseconds instead of filling the process table);
+- **user**: when the evaluator runs as root, the program runs as ``nobody`` (no supplementary groups)
+  if the interpreter is usable by that user (probed once; an interpreter under ``/root`` is not).
+  It then cannot signal the supervisor or the evaluator, owns only its working directory, and
+  ``RLIMIT_NPROC`` binds. Otherwise it stays root, with the process count above;
 - **output**: ``RLIMIT_FSIZE`` caps each output file, so a print loop cannot fill the disk;
 - **core dumps**: off (``SIGXCPU`` would otherwise write one into the working directory).
 
@@ -44,10 +48,10 @@ system is out of processes) is reported as a failed run, never as an exception.
 Contained: early exits with status 0, killing the parent, detached children (including ones writing
 into the working directory after the program ends), fork bombs, busy loops, sleeps, runaway
 allocation and output. Not contained: this is not a security boundary. The program runs as the
-evaluator's user, with network and file-system access outside its working directory; a program
-written to defeat the sandbox can read the token out of its own interpreter's memory, clear its
-environment and ``setsid`` away after killing the supervisor, or signal other processes of the same
-user. Run code from unknown sources inside a container or VM. POSIX only; the subreaper, ``/proc``
+evaluator's user (or ``nobody``, see above), with network and file-system access outside its working
+directory; a program written to defeat the sandbox can read the token out of its own interpreter's
+memory, clear its environment and ``setsid`` away after killing the supervisor, or signal other
+processes of the same user (when it is not ``nobody``: the evaluator too). Run code from unknown sources inside a container or VM. POSIX only; the subreaper, ``/proc``
 scans and the memory limit are Linux features (elsewhere clean-up is by process group only).
 
 Why the limits are set by a bootstrap inside the program's interpreter rather than before ``exec``:
@@ -192,13 +196,18 @@ def user_tasks(uid):
                 pass
     return n
 
-limit = cfg["max_processes"]
+limit, user = cfg["max_processes"], cfg["user"]  # user: [uid, gid] to run the program as, or None
+uid = os.getuid() if user is None else user[0]
 nproc = None
-if os.getuid() != 0 and os.path.isdir("/proc"):
-    nproc = user_tasks(os.getuid()) + limit
+if uid != 0 and os.path.isdir("/proc"):  # RLIMIT_NPROC counts every task of the program's user
+    nproc = user_tasks(uid) + limit
 
 def setup():
     os.setsid()
+    if user is not None:
+        os.setgroups([])
+        os.setgid(user[1])
+        os.setuid(user[0])
     if nproc is not None:
         cap = resource.getrlimit(resource.RLIMIT_NPROC)[1]
         n = nproc if cap == resource.RLIM_INFINITY else min(nproc, cap)
@@ -241,6 +250,8 @@ report(returncode=child.returncode, reason=reason, wall_s=time.monotonic() - sta
 """
 
 _TAIL = 4000  # characters of stdout / stderr kept in the result
+_UNPRIVILEGED = "nobody"  # the user programs run as when the evaluator is root
+_CAN_DROP: dict[str, tuple[int, int] | None] = {}  # interpreter -> (uid, gid) it runs as unprivileged, or None
 _GRACE_S = 10.0  # how long the evaluator waits for the supervisor beyond the program's timeout
 _RUN_ENV = "SEGRL_SANDBOX_RUN"
 
@@ -358,6 +369,32 @@ def _remove_tree(path: str) -> None:
         time.sleep(0.05)
 
 
+def _unprivileged_user(python: str) -> tuple[int, int] | None:
+    """``(uid, gid)`` of :data:`_UNPRIVILEGED` when this process is root and ``python`` runs as that user.
+
+    Probed once per interpreter: an interpreter under a directory only root may enter (``/root``, a
+    pyenv there) cannot run as ``nobody``; the program then stays root and the supervisor's process
+    count replaces ``RLIMIT_NPROC``.
+    """
+    if os.geteuid() != 0 or not hasattr(os, "setuid"):
+        return None
+    if python not in _CAN_DROP:
+        user = None
+        try:
+            import pwd
+
+            entry = pwd.getpwnam(_UNPRIVILEGED)
+            probe = subprocess.run([python, "-I", "-B", "-c", "pass"], user=entry.pw_uid, group=entry.pw_gid,
+                                   extra_groups=[], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL, cwd="/", env={"PATH": "/usr/bin:/bin"}, timeout=30)
+            if probe.returncode == 0 and entry.pw_uid != 0:
+                user = (entry.pw_uid, entry.pw_gid)
+        except (KeyError, OSError, subprocess.SubprocessError):
+            pass
+        _CAN_DROP[python] = user
+    return _CAN_DROP[python]
+
+
 def _read_status(fd: int) -> dict:
     chunks = []
     try:
@@ -416,6 +453,11 @@ def _run(program, root, token, run_id, timeout_s, memory_mb, max_output_mb, max_
     work.mkdir()
     prog_path = root_path / "program.py"  # outside the working directory: the program cannot edit it
     prog_path.write_text(program, encoding="utf-8")
+    user = _unprivileged_user(python)
+    if user is not None:  # the program may enter the directory and read its source, but owns only `work`
+        os.chmod(root_path, 0o711)
+        os.chmod(prog_path, 0o644)
+        os.chown(work, *user)
     out_path, err_path = root_path / "stdout.txt", root_path / "stderr.txt"
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(work), "TMPDIR": str(work),
            "LANG": "C.UTF-8", "OMP_NUM_THREADS": "1", _RUN_ENV: run_id}
@@ -423,7 +465,7 @@ def _run(program, root, token, run_id, timeout_s, memory_mb, max_output_mb, max_
            str(max_output_mb * 2**20), "3", str(prog_path)]
     status_r, status_w = os.pipe()
     config = {"cmd": cmd, "cwd": str(work), "env": env, "token": token, "timeout_s": timeout_s,
-              "max_processes": max_processes, "status_fd": status_w}
+              "max_processes": max_processes, "status_fd": status_w, "user": user}
     start = time.monotonic()
     sup = None
     sids: set[int] = set()
