@@ -429,3 +429,19 @@ def test_keep_end_truncation_keeps_the_last_token_rewards(tiny):
         assert out["token_rewards"][1, :n_r].tolist() == rejected, mode
     trainer = _trainer(tiny, tiny[3], max_length=64, truncation_mode="keep_end")
     assert trainer.data_collator.truncation_mode == "keep_end"
+
+
+def test_position_mean_baseline_follows_the_ops(tiny):
+    """asr_baseline='position_mean' is the batch mean per relative-position bin over the 2B rows of the batch."""
+    trainer = _trainer(tiny, tiny[3], asr_baseline="position_mean", asr_delta=0.0)
+    idx = list(range(BATCH))
+    captured = []
+    handle = trainer.model.register_forward_hook(lambda m, i, o: captured.append(o.log_probs.detach()))
+    trainer.compute_loss(trainer.model, trainer.data_collator([trainer.train_dataset[i] for i in idx]))
+    handle.remove()
+    keep = _expected_keep(trainer, idx, baseline="position_mean", delta=0.0)
+    other = _expected_keep(trainer, idx, baseline="sequence_mean", delta=0.0)
+    assert any(not torch.equal(a, b) for a, b in zip(keep, other)), "the test needs the two baselines to differ"
+    for i, k in enumerate(keep):
+        start = len(trainer.train_dataset[i % BATCH]["prompt_ids"])
+        assert torch.equal(captured[0][i, start - 1: start - 1 + len(k)] != 0, k), i

@@ -434,3 +434,52 @@ def test_default_asr_mask_differs_from_tokenwise_on_noisy_rewards():
     # and delta = 0 really is the token-wise mask here (no ties in Gaussian noise)
     zero = ops.keep_mask(r, m, sign, baseline="sequence_mean", delta=0.0)
     assert torch.equal(zero.keep, tokenwise.keep)
+
+
+# ---------------------------------------------------------------- position_mean: a trend over position
+
+
+def test_position_bins_hand_values():
+    m = M([[1] * 5 + [0] * 15, [1] * 20, [1] * 3 + [0] * 17])
+    bins = ops.position_bins(m)
+    # n = 5: floor(10 t / 5) = 2t; n = 20: floor(t / 2); n = 3: floor(10 t / 3) = 0, 3, 6; -1 at padding
+    assert bins[0].tolist() == [0, 2, 4, 6, 8] + [-1] * 15
+    assert bins[1].tolist() == [t // 2 for t in range(20)]
+    assert bins[2].tolist() == [0, 3, 6] + [-1] * 17
+
+
+def test_position_mean_follows_the_signal_where_sequence_mean_follows_the_position():
+    # rewards = trend(t) + signal: trend t (0..9), signal +-0.5 alternating, opposite in the two rows.
+    t = torch.arange(10, dtype=torch.float32)
+    sig = torch.tensor([0.5, -0.5] * 5)
+    r = torch.stack([t + sig, t - sig])
+    m = torch.ones(2, 10, dtype=torch.bool)
+    sign = ops.preference_sign(1)  # row 0 chosen, row 1 rejected
+    # n = 10: one token per bin; bin t's batch mean is ((t + s) + (t - s)) / 2 = t, so r - b = the signal.
+    b = ops.position_mean_baseline(r, m)
+    assert b.tolist() == [list(map(float, range(10)))] * 2
+    pos = ops.keep_mask(r, m, sign, baseline="position_mean", delta=0.0)
+    assert pos.states.tolist() == [[1, -1] * 5, [-1, 1] * 5]
+    assert pos.keep.tolist() == [[True, False] * 5, [True, False] * 5]  # chosen +0.5 tokens, rejected -0.5 tokens
+    # sequence mean 4.5 in both rows: row 0 = [.5, .5, 2.5, 2.5, 4.5, 4.5, 6.5, 6.5, 8.5, 8.5] -> the first half is
+    # below, the tie at 4.5 inherits '-', the end is above: the mask is decided by position alone.
+    seq = ops.keep_mask(r, m, sign, baseline="sequence_mean", delta=0.0)
+    assert seq.states[0].tolist() == [-1] * 6 + [1] * 4
+    assert seq.keep.tolist() == [[False] * 6 + [True] * 4, [True] * 5 + [False] * 5]
+    # the resolved per-token baseline goes through hysteresis_states / asr_mask / resolve_delta as well
+    assert ops.hysteresis_states(r, m, b, 0.0).tolist() == pos.states.tolist()
+    assert torch.equal(ops.asr_mask(r, m, sign, baseline=b), pos.keep)
+    assert ops.resolve_delta(r, m, "position_mean", "auto") == pytest.approx(0.5)
+    assert pos.baseline.tolist() == [4.5, 4.5]  # the row's mean baseline, for logging
+
+
+def test_stepwise_with_a_per_token_baseline_signs_mean_of_r_minus_b():
+    # steps {t0, t1}, {t2, t3}; r = [1, 1, 0, 0], per-token b = [0, 3, -1, 0]
+    # step 0: mean(1 - 0, 1 - 3) = -0.5 -> '-'; step 1: mean(0 + 1, 0 - 0) = 0.5 -> '+'
+    r = T([[1.0, 1.0, 0.0, 0.0]])
+    m = M([[1, 1, 1, 1]])
+    b = torch.tensor([[0.0, 3.0, -1.0, 0.0]], dtype=torch.float64)
+    res = ops.keep_mask(r, m, torch.tensor([1]), kind="stepwise", baseline=b, is_boundary=M([[0, 1, 0, 0]]))
+    assert res.states.tolist() == [[-1, -1, 1, 1]]
+    assert res.keep.tolist() == [[False, False, True, True]]
+    assert res.baseline.tolist() == [0.5]  # the row's mean baseline: (0 + 3 - 1 + 0) / 4

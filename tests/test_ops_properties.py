@@ -873,3 +873,52 @@ def test_sequence_sign_matches_loop(values, data):
         base = sum(values) / len(values) if values else 0.0
         want = [1 if v >= base else -1 for v in values]
     assert call(ops.sequence_sign, seq, base).tolist() == want
+
+
+@st.composite
+def trended_pairs(draw):
+    """Twin rows (same length, opposite signal) with rewards = trend(relative-position bin) + signal.
+
+    The trend rises by 5..9 per bin (far more than the |signal| <= 1), the signal alternates its sign
+    along the response, so the position and the signal disagree about half of the time.
+    """
+    n_pairs = draw(st.integers(1, 3))
+    lengths = draw(st.lists(st.integers(10, 30), min_size=n_pairs, max_size=n_pairs))
+    steps = draw(st.lists(st.floats(5.0, 9.0), min_size=10, max_size=10))
+    trend = np.cumsum(steps) + draw(st.floats(-20, 20))
+    T = max(lengths)
+    rows, signals = [], []
+    for n in lengths:
+        mags = draw(st.lists(st.floats(0.25, 1.0), min_size=n, max_size=n))
+        s = [m * (-1) ** t for t, m in enumerate(mags)]
+        base = [trend[(t * 10) // n] for t in range(n)]
+        for sign in (1, -1):
+            rows.append([b + sign * v for b, v in zip(base, s)] + [0.0] * (T - n))
+            signals.append([sign * v for v in s] + [0.0] * (T - n))
+    mask = make_mask([n for n in lengths for _ in (0, 1)], T)
+    return torch.tensor(rows, dtype=torch.float64), torch.tensor(signals, dtype=torch.float64), mask
+
+
+@FEW
+@given(batch=trended_pairs())
+def test_position_mean_removes_a_planted_position_trend(batch):
+    rewards, signal, mask = batch
+    sign = torch.ones(rewards.shape[0], dtype=torch.long)
+    truth = torch.sign(signal).long()
+    pos = call(ops.keep_mask, rewards, mask, sign, baseline="position_mean", delta=0.0)
+    assert torch.equal(pos.states[mask], truth[mask])  # the mask follows the planted signal exactly
+    seq = ops.keep_mask(rewards, mask, sign, baseline="sequence_mean", delta=0.0)
+    agree = (seq.states[mask] == truth[mask]).double().mean().item()
+    assert agree < 0.8  # the per-response mean leaves the trend in: position decides
+    # the resolved baseline is the per-bin batch mean, by loops
+    b = ops.position_mean_baseline(rewards, mask)
+    n = mask.sum(dim=1).tolist()
+    sums, counts = [0.0] * 10, [0] * 10
+    for i in range(rewards.shape[0]):
+        for t in range(n[i]):
+            sums[(t * 10) // n[i]] += float(rewards[i, t])
+            counts[(t * 10) // n[i]] += 1
+    for i in range(rewards.shape[0]):
+        for t in range(rewards.shape[1]):
+            want = sums[(t * 10) // n[i]] / counts[(t * 10) // n[i]] if t < n[i] else 0.0
+            assert float(b[i, t]) == pytest.approx(want, rel=1e-12, abs=1e-9)

@@ -155,9 +155,9 @@ def position_mean_baseline(rewards: torch.Tensor, mask: torch.Tensor, *, bins: i
 
 def _position_mean(rewards, mask, bins, all_reduce=None) -> torch.Tensor:
     ids = position_bins(mask, bins)
-    slot = torch.where(mask, ids, bins).flatten()  # slot `bins` collects the padding
+    slot = torch.where(mask, ids, bins).flatten()  # spare slot `bins` collects the padding (never read back)
     stats = torch.zeros(2, bins + 1, dtype=torch.float64, device=rewards.device)
-    stats[0].scatter_add_(0, slot, torch.where(mask, rewards, 0).double().flatten())
+    stats[0].scatter_add_(0, slot, rewards.double().flatten())
     stats[1].scatter_add_(0, slot, mask.double().flatten())
     if all_reduce is not None:
         stats = all_reduce(stats)
