@@ -184,10 +184,6 @@ class SegmentRMRewards:
                          float(rm.sigma_floor))
         return self._rollout
 
-    @property
-    def threshold(self) -> float:
-        return self._rollout_settings()[1] if self.model is None else float(self.model.threshold)
-
     @torch.no_grad()
     def score_rollout(self, query_responses: torch.Tensor, attention_mask: torch.Tensor, context_length: int,
                       response_mask: torch.Tensor, ref_entropy: torch.Tensor | None) -> SegmentTokenRewards:
