@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 import shutil
 import struct
 import warnings
 import zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +41,7 @@ __all__ = [
     "is_complete",
     "last_checkpoint",
     "mark_complete",
+    "reading_checkpoint",
     "resolve_checkpoint",
 ]
 
@@ -137,6 +140,33 @@ class CompleteCheckpointsMixin:
             check_checkpoint(path, layout="trainer", resume_partial=getattr(self.args, "resume_partial", False),
                              world_size=self.args.world_size, process_index=self.args.process_index)
         return super().train(path, *args, **kwargs)
+
+    # A file that passed the checks but still cannot be read (corrupted inside) is named, not a raw traceback.
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        with reading_checkpoint(resume_from_checkpoint, "model weights (model.safetensors, adapter_model.*, ...)"):
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        with reading_checkpoint(checkpoint, "optimizer / scheduler state (optimizer.pt, scheduler.pt)"):
+            return super()._load_optimizer_and_scheduler(checkpoint)
+
+    def _load_rng_state(self, checkpoint):
+        with reading_checkpoint(checkpoint, "RNG state (rng_state*.pth)"):
+            return super()._load_rng_state(checkpoint)
+
+
+@contextmanager
+def reading_checkpoint(path, what: str):
+    """Re-raise a failure to read ``what`` from checkpoint ``path`` as a ``ValueError`` naming both."""
+    try:
+        yield
+    except ValueError:
+        raise
+    except (RuntimeError, OSError, EOFError, KeyError, TypeError, pickle.UnpicklingError) as err:
+        if path is None:
+            raise
+        raise ValueError(f"checkpoint {path}: cannot read the {what}, the file is corrupted or does not match "
+                         f"this run ({type(err).__name__}: {err})") from err
 
 
 # ------------------------------------------------------------------------------------------------ resolving

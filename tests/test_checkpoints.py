@@ -279,6 +279,15 @@ def test_dpo_resume_without_optimizer_or_with_truncated_weights(tiny, tmp_path):
     with pytest.raises(ValueError, match=r"checkpoint file .*checkpoint-1/model.safetensors is truncated"):
         _dpo(tiny, tmp_path, max_steps=2).train(resume_from_checkpoint="last")
 
+    # corrupted inside, same size (the marker's sizes and the format checks cannot see it): named at load time
+    shutil.rmtree(ckpt)
+    shutil.copytree(saved, ckpt)
+    size = os.path.getsize(ckpt / "optimizer.pt")
+    (ckpt / "optimizer.pt").write_bytes(b"\x00garbage" * (size // 8) + b"\x00" * (size % 8))
+    assert os.path.getsize(ckpt / "optimizer.pt") == size
+    with pytest.raises(ValueError, match=r"checkpoint .*checkpoint-1: cannot read the optimizer / scheduler state"):
+        _dpo(tiny, tmp_path, max_steps=2).train(resume_from_checkpoint="last")
+
 
 def test_ppo_missing_rng_state_and_incomplete_latest(tmp_path):
     from transformers import AutoModelForCausalLM, AutoModelForTokenClassification, AutoTokenizer

@@ -20,7 +20,7 @@ from trl.trainer.utils import disable_dropout_in_model, entropy_from_logits, sel
 from segrl._trl_compat import check_trl_compat
 from segrl import ops
 from segrl._distributed import global_auto_delta, sum_hook
-from segrl.checkpoints import check_checkpoint, finalize_checkpoint, resolve_checkpoint
+from segrl.checkpoints import check_checkpoint, finalize_checkpoint, reading_checkpoint, resolve_checkpoint
 
 from .config import SegmentPPOConfig
 from .rewards import SegmentRewardSource
@@ -376,12 +376,13 @@ class SegmentPPOTrainer:
         return final
 
     def load_checkpoint(self, path: str) -> None:
-        """Resume from ``path`` (or ``latest``: the newest complete checkpoint); see :func:`segrl.checkpoints.check_checkpoint`."""
+        """Resume from ``path`` (``latest``: the newest complete checkpoint), checked by :func:`~segrl.checkpoints.check_checkpoint`."""
         path = resolve_checkpoint(path, self.args.output_dir)
         check_checkpoint(path, layout="accelerate", resume_partial=self.args.resume_partial,
                          world_size=self.accelerator.num_processes, process_index=self.accelerator.process_index)
         state_file = Path(path) / "segrl_state.json"
-        self.accelerator.load_state(path)
+        with reading_checkpoint(path, "models, optimizer or RNG state (accelerate save_state files)"):
+            self.accelerator.load_state(path)
         state = json.loads(state_file.read_text())
         self.iteration, self.history = state["iteration"], state["history"]
 
