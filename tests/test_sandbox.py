@@ -159,8 +159,8 @@ def _unprivileged_python():
 
 def test_as_root_the_program_runs_as_nobody_and_cannot_signal_its_parent():
     python = _unprivileged_python()
-    r = run_python("import os\nprint(os.getuid(), os.getgid(), os.getgroups())\nopen('mine.txt', 'w').write('x')\n",
-                   python=python)
+    program = "import os\nprint(os.getuid(), os.getgid(), os.getgroups())\nopen('mine.txt', 'w').write('x')\n"
+    r = run_python(program, python=python)
     assert r.passed and r.stdout.split()[:2] == ["65534", "65534"] and r.stdout.split()[2] == "[]"
     r = run_python("import os\nos.kill(os.getppid(), 9)\n", python=python)
     assert r.status == "failed" and "PermissionError" in r.stderr  # the supervisor (root) is out of reach

@@ -85,7 +85,8 @@ def _limit(kind, soft, hard=None):
     if cap != resource.RLIM_INFINITY:
         soft, hard = min(soft, cap), min(hard, cap)
     resource.setrlimit(kind, (soft, hard))
-_mem, _cpu, _out, _fd, _path = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+_mem, _cpu, _out, _fd = (int(a) for a in sys.argv[1:5])
+_path = sys.argv[5]
 _token = os.read(_fd, 256)
 os.close(_fd)
 _limit(resource.RLIMIT_CORE, 0)

@@ -376,7 +376,8 @@ class SegmentPPOTrainer:
         return final
 
     def load_checkpoint(self, path: str) -> None:
-        """Resume from ``path`` (``latest``: the newest complete checkpoint), checked by :func:`~segrl.checkpoints.check_checkpoint`."""
+        """Resume from ``path`` (``latest``: the newest complete checkpoint) after
+        :func:`~segrl.checkpoints.check_checkpoint`."""
         path = resolve_checkpoint(path, self.args.output_dir)
         check_checkpoint(path, layout="accelerate", resume_partial=self.args.resume_partial,
                          world_size=self.accelerator.num_processes, process_index=self.accelerator.process_index)
