@@ -29,7 +29,7 @@ mkdir -p "$WORK"
 # A fresh copy of the code and tests; mutants/ (mutmut's cache of results) is kept between runs
 # and mutmut re-runs only what changed.
 rm -rf "$WORK/segrl" "$WORK/tests"
-cp -r "$ROOT/segrl" "$ROOT/tests" "$WORK/"
+cp -rL "$ROOT/segrl" "$ROOT/tests" "$WORK/"  # -L: symlinks (segrl/examples) become copies
 find "$WORK" -name __pycache__ -prune -exec rm -rf {} +
 
 toml_list() { printf '['; local sep=""; for x in "$@"; do printf '%s"%s"' "$sep" "$x"; sep=", "; done; printf ']'; }
@@ -45,8 +45,8 @@ toml_list() { printf '['; local sep=""; for x in "$@"; do printf '%s"%s"' "$sep"
 
 cd "$WORK"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-# mutmut puts mutants/ first on sys.path; the editable install of segrl must not shadow it.
-export PYTHONPATH="$WORK/mutants${PYTHONPATH:+:$PYTHONPATH}"
+# mutmut puts mutants/ first on sys.path, ahead of the editable install of segrl. Run the console
+# script, not `python -m mutmut` (which would put the unmutated copy in the cwd first on sys.path).
 "$VENV/bin/mutmut" run --max-children "$MAX_CHILDREN" || true
 "$VENV/bin/mutmut" export-cicd-stats >/dev/null
 "$PY" - <<'EOF'
