@@ -170,7 +170,7 @@ def test_as_root_the_program_runs_as_nobody_and_cannot_signal_its_parent():
 def test_as_nobody_rlimit_nproc_bounds_a_fork_bomb():
     python = _unprivileged_python()
     program = ("import os, time\nn = 0\nfor _ in range(50):\n    try:\n        if os.fork() == 0:\n"
-               "            time.sleep(30)\n            os._exit(0)\n        n += 1\n    except OSError:\n        break\n"
-               "print(n, flush=True)\n")
+               "            time.sleep(30)\n            os._exit(0)\n        n += 1\n"
+               "    except OSError:\n        break\nprint(n, flush=True)\n")
     r = run_python(program, python=python, max_processes=8, timeout_s=5)
     assert r.passed and int(r.stdout) < 8  # forks beyond the limit failed with EAGAIN

@@ -51,8 +51,9 @@ allocation and output. Not contained: this is not a security boundary. The progr
 evaluator's user (or ``nobody``, see above), with network and file-system access outside its working
 directory; a program written to defeat the sandbox can read the token out of its own interpreter's
 memory, clear its environment and ``setsid`` away after killing the supervisor, or signal other
-processes of the same user (when it is not ``nobody``: the evaluator too). Run code from unknown sources inside a container or VM. POSIX only; the subreaper, ``/proc``
-scans and the memory limit are Linux features (elsewhere clean-up is by process group only).
+processes of the same user (when it is not ``nobody``: the evaluator too). Run code from unknown
+sources inside a container or VM. POSIX only; the subreaper, ``/proc`` scans and the memory limit
+are Linux features (elsewhere clean-up is by process group only).
 
 Why the limits are set by a bootstrap inside the program's interpreter rather than before ``exec``:
 ``RLIMIT_AS`` would otherwise count the interpreter's start-up; the bootstrap runs
