@@ -43,3 +43,21 @@ def test_cli_from_candidates_file(tmp_path):
     assert [s["title"].split(",")[1].strip() for s in selected] == ["candidate 0", "candidate 0"]
     assert all(s["kept"][0] and not s["kept"][1] for s in selected)  # +0.2, -0.2, ... vs baseline 0
     assert (out / "model.safetensors").is_file()
+
+
+def test_plain_rs_records_the_scores_it_used(tmp_path):
+    """mask_type none selects by sequence score: rs_selected.jsonl shows that score, not zeros."""
+    from segrl.models.tiny import build_tiny_causal_lm, build_tiny_tokenizer
+    from segrl.rs import ASRRejectionSampler, ASRRejectionSamplingConfig
+
+    tok = build_tiny_tokenizer()
+    args = ASRRejectionSamplingConfig(output_dir=str(tmp_path), mask_type="none", use_cpu=True, report_to="none",
+                                      disable_tqdm=True)
+    sampler = ASRRejectionSampler(build_tiny_causal_lm(tok, hidden_size=16, num_layers=1), args,
+                                  processing_class=tok)
+    records = [{"prompt": "1+1=", "prompt_ids": [5, 6], "candidate_ids": [[7, 8, 9], [10, 11]],
+                "candidates": ["a", "b"], "scores": [0.25, -1.5]}]
+    sampler.select(records)
+    (row,) = [json.loads(line) for line in open(tmp_path / "rs_selected.jsonl")]
+    assert row["reward_kind"] == "sequence" and row["score"] == 0.25
+    assert row["rewards"] == [0.25, 0.25, 0.25] and row["kept"] == [True, True, True]

@@ -133,6 +133,7 @@ class SegmentRMRewards:
         rewards, mask = self.model.score_token_ids(
             [list(p) for p in prompt_ids], [list(r) for r in response_ids],
             mode=self.mode, normalize=self.normalize, reward_form=self.reward_form, batch_size=self.batch_size,
+            **({"progress": True} if getattr(self, "progress", False) else {}),  # set by callers that show bars
         )
         lengths = torch.tensor([len(r) for r in response_ids])
         if mask.shape[0] != len(response_ids) or not torch.equal(mask.sum(dim=1).cpu(), lengths):

@@ -152,6 +152,16 @@ def _seeded_rows(lengths: Sequence[int], max_tokens: int, seed: int) -> torch.Te
     return torch.tensor(sorted(picked), dtype=torch.long)
 
 
+def _takes(fn, name: str) -> bool:
+    """Whether callable ``fn`` accepts keyword ``name`` (reward models without progress bars exist)."""
+    import inspect
+
+    try:
+        return fn is not None and name in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def _write_jsonl(path: Path, rows: Sequence[dict]) -> None:
     """Written by the main process only (every rank holds the same rows), atomically."""
     from accelerate import PartialState
@@ -199,6 +209,7 @@ class ASRRejectionSampler:
             if processing_class is None:
                 processing_class = AutoTokenizer.from_pretrained(os.fspath(model))
             model = AutoModelForCausalLM.from_pretrained(os.fspath(model), **init)
+            args.model_init_kwargs = None  # spent here; TRL would warn that they are ignored
         if processing_class is None:
             raise ValueError("pass `processing_class` (the policy's tokenizer) when `model` is a module")
         if processing_class.pad_token is None:
@@ -261,8 +272,12 @@ class ASRRejectionSampler:
         self.model.eval()
         stops = _stop_ids(self.model, tok)
         records = []
+        from tqdm.auto import tqdm
+
+        batches = range(0, len(prompts), args.generation_batch_size)
         try:
-            for lo in range(0, len(prompts), args.generation_batch_size):
+            for lo in tqdm(batches, desc=f"Sampling {args.num_candidates} candidates per prompt", unit="batch",
+                           disable=args.disable_tqdm or not state.is_local_main_process):
                 chunk = prompts[lo: lo + args.generation_batch_size]
                 encoded = [self._prompt_ids(p) for p in chunk]
                 width = max(map(len, encoded))
@@ -310,7 +325,14 @@ class ASRRejectionSampler:
                 normalize=self.args.token_reward_normalize, batch_size=self.args.reward_batch_size,
                 device=self.args.device,
             )
+            self._rewards.progress = self._show_progress() and _takes(
+                getattr(self._rewards.model, "score_token_ids", None), "progress")
         return self._rewards
+
+    def _show_progress(self) -> bool:
+        from accelerate import PartialState
+
+        return not self.args.disable_tqdm and PartialState().is_local_main_process
 
     def score(self, records: list[dict]) -> list[dict]:
         """Add `scores` (one per candidate) and, for a mask, `token_rewards` (one list per candidate).
@@ -333,7 +355,8 @@ class ASRRejectionSampler:
                 if not callable(getattr(rm, "sequence_scores", None)):
                     raise ValueError("sequence_score='rm' needs a reward model with `sequence_scores`; use 'sum' or "
                                      "'mean' of the token rewards instead")
-                scores = rm.sequence_scores(*self._flat(need_scores), batch_size=args.reward_batch_size)
+                progress = {"progress": True} if self._show_progress() and _takes(rm.sequence_scores, "progress") else {}
+                scores = rm.sequence_scores(*self._flat(need_scores), batch_size=args.reward_batch_size, **progress)
                 self._unflatten(need_scores, "scores", [float(s) for s in scores])
             else:
                 reduce = sum if args.sequence_score == "sum" else (lambda v: sum(v) / max(len(v), 1))
@@ -399,7 +422,8 @@ class ASRRejectionSampler:
         }
         dataset = Dataset.from_dict(rows)
         if args.save_candidates:
-            self._save_selected(dataset, accepted)
+            self._save_selected(dataset, accepted, token_level=[bool(args.needs_token_rewards)
+                                                                and "token_rewards" in records[i] for i, _ in accepted])
         return dataset
 
     def _keep_masks(self, records, accepted, completions) -> tuple[list[list[bool]], dict[str, float]]:
@@ -465,13 +489,17 @@ class ASRRejectionSampler:
             stats["rs/mean_segment_length"] = in_segments / segments if segments else 0.0
         return keep_lists, stats
 
-    def _save_selected(self, dataset, accepted) -> None:
-        # One row per accepted response in `segrl viz`'s JSONL format.
+    def _save_selected(self, dataset, accepted, token_level=None) -> None:
+        # One row per accepted response in `segrl viz`'s JSONL format, with the rewards the selection
+        # used: the token rewards behind an ASR mask, else the sequence score on every token.
         rows = []
-        for (i, k), ex in zip(accepted, dataset):
+        token_level = token_level if token_level is not None else [True] * len(accepted)
+        for (i, k), ex, per_token in zip(accepted, dataset, token_level):
             ids = ex["input_ids"][len(ex["input_ids"]) - len(ex["kept"]):]
+            rewards = ex["token_rewards"] if per_token else [ex["score"]] * len(ids)
             rows.append({"title": f"prompt {i}, candidate {k}, score {ex['score']:.3f}", "prompt": ex["prompt"],
-                         "tokens": self.tokenizer.batch_decode([[t] for t in ids]), "rewards": ex["token_rewards"],
+                         "tokens": self.tokenizer.batch_decode([[t] for t in ids]), "rewards": rewards,
+                         "score": ex["score"], "reward_kind": "token" if per_token else "sequence",
                          "kept": ex["kept"], "seq_sign": 1})
         _write_jsonl(Path(self.args.output_dir) / SELECTED_FILE, rows)
 
