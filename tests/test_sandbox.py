@@ -141,9 +141,11 @@ def test_one_crash_is_that_problems_failure_not_the_suites():
     assert metrics["n"] == 3 and metrics["pass@1"] == pytest.approx(1 / 3)
 
 
-def test_rejects_bad_max_processes():
+def test_rejects_bad_max_processes_and_interpreter():
     with pytest.raises(ValueError, match="max_processes"):
         run_python("pass", max_processes=0)
+    with pytest.raises(ValueError, match="`python` must be an executable interpreter, got '/nonexistent/python'"):
+        run_python("pass", python="/nonexistent/python")
 
 
 SYSTEM_PYTHON = "/usr/bin/python3"

@@ -222,7 +222,7 @@ start = time.monotonic()
 try:
     child = subprocess.Popen(cfg["cmd"], cwd=cfg["cwd"], env=cfg["env"], stdin=subprocess.DEVNULL,
                              pass_fds=(tr,), preexec_fn=setup, close_fds=True)
-except OSError as err:
+except (OSError, subprocess.SubprocessError) as err:
     report(error="could not start the program: %s" % err)
     sys.exit(0)
 os.close(tr)
@@ -440,11 +440,13 @@ def run_python(program: str, *, timeout_s: float = 10.0, memory_mb: int = 1024, 
         raise ValueError(f"`max_output_mb` must be >= 1, got {max_output_mb}")
     if max_processes < 1:
         raise ValueError(f"`max_processes` must be >= 1, got {max_processes}")
+    python = python or sys.executable
+    if not (os.path.isfile(python) and os.access(python, os.X_OK)):
+        raise ValueError(f"`python` must be an executable interpreter, got {python!r}")
     token, run_id = secrets.token_hex(16), secrets.token_hex(8)
     root = tempfile.mkdtemp(prefix="segrl-sandbox-")
     try:
-        return _run(program, root, token, run_id, timeout_s, memory_mb, max_output_mb, max_processes,
-                    python or sys.executable)
+        return _run(program, root, token, run_id, timeout_s, memory_mb, max_output_mb, max_processes, python)
     finally:
         _remove_tree(root)
 
