@@ -196,3 +196,12 @@ def test_help_timing_report():
     assert out.returncode == 0
     print(f"segrl dpo --help: {elapsed:.2f} s (cold process, including the interpreter start)")
     assert elapsed < 5.0
+
+
+def test_viz_takes_asr_delta(capsys):
+    from segrl.commands.viz import parse_config
+
+    assert parse_config(["--asr_delta", "0.3", "--token_rewards_file", "x"]).delta == 0.3
+    assert "deprecated" not in capsys.readouterr().err
+    assert parse_config(["--delta", "0.2", "--token_rewards_file", "x"]).delta == 0.2
+    assert "`delta` is deprecated, use `asr_delta`" in capsys.readouterr().err

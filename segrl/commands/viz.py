@@ -80,7 +80,9 @@ def parse_config(argv: list[str]) -> VizConfig:
     """Parse flags (and ``--config x.yaml``) into a :class:`VizConfig`."""
     from trl import TrlParser
 
-    (cfg,) = TrlParser((VizConfig,), prog="segrl viz").parse_args_and_config(args=argv)
+    from segrl.commands._common import parse_args  # one name per concept: --asr_delta, --model_name_or_path, ...
+
+    (cfg,) = parse_args(TrlParser((VizConfig,), prog="segrl viz"), argv, "segrl viz")
     return cfg
 
 
