@@ -55,3 +55,27 @@ def test_cli_bad_data_is_a_clean_error(rm_env, tmp_path, capsys):
                "--gradient_checkpointing", "false"])
     assert rc == 2
     assert "rejected" in capsys.readouterr().err
+
+
+def test_eval_split_scores_held_out_pairs_and_implicit_prompt_warns(rm_env, tmp_path, capsys):
+    from segrl.cli import main
+
+    rows = [{"chosen": r["prompt"] + r["chosen"], "rejected": r["prompt"] + r["rejected"]} for r in tiny_rows(16)]
+    data = _jsonl(tmp_path / "implicit.jsonl", rows)  # no `prompt` column
+    out = tmp_path / "rm"
+    args = ["train-rm", "--model_name_or_path", rm_env.init_dir, "--ref_model_name_or_path", rm_env.ref_dir,
+            "--dataset_name", data, "--output_dir", str(out), "--eval_split", "0.25", "--max_steps", "1",
+            "--per_device_train_batch_size", "4"]
+    for key, value in TEST_ARGS.items():
+        args += [f"--{key}", str(value)]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert "has no `prompt` column" in captured.err and "--implicit_prompt allow" in captured.err
+    result = json.loads((out / "eval_results.json").read_text())
+    assert result["n_pairs"] == 4 and result["eval_split"] is True  # 25 % of 16 pairs held out
+    assert f"held-out accuracy {result['accuracy']:.4f} on 4 pairs" in captured.out
+    # opt-in error instead of the warning; bad fractions are named errors before anything loads
+    assert main(args + ["--implicit_prompt", "error", "--output_dir", str(tmp_path / "rm2")]) == 2
+    assert "--implicit_prompt allow" in capsys.readouterr().err and not (tmp_path / "rm2").exists()
+    assert main(args + ["--eval_split", "1.5", "--output_dir", str(tmp_path / "rm3")]) == 2
+    assert "`eval_split` must be a fraction in (0, 1)" in capsys.readouterr().err

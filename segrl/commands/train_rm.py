@@ -203,7 +203,13 @@ def main(argv: list[str] | None = None) -> int:
         quiet_transformers()
         return run(*args)
 
-    return command_main("segrl train-rm", argv, make_parser, _run, HELP_GROUPS, INHERITED, common=TRAINING_COMMON)
+    data = [("dataset_name", "Preference data (prompt / chosen / rejected): builtin:tiny_prefs, .jsonl/.json/.csv/"
+                             ".parquet file(s), a save_to_disk directory or a Hub id. Required."),
+            ("dataset_config", "Hub dataset configuration name."),
+            ("dataset_train_split", "Training split (Hub datasets; default: train)."),
+            ("dataset_test_split", "Evaluation split (Hub datasets; default: test).")]
+    return command_main("segrl train-rm", argv, make_parser, _run, HELP_GROUPS, INHERITED,
+                        common=data + TRAINING_COMMON)
 
 
 if __name__ == "__main__":
