@@ -95,3 +95,6 @@ def test_tiny_experiment(tmp_path, capsys):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (out / name).stat().st_size > 10_000
     report = (out / "report.html").read_text()
     assert report.count("data:image/png;base64,") >= 3 and "Reward models" in report
+    # credit of both seeds' RMs and DPO implicit rewards, the training pairs' masks, provenance
+    assert report.count("implicit reward of the DPO run") == 2 and "What the mask did in training" in report
+    assert "id='provenance'" in report and (out / "training_pairs.html").is_file()

@@ -116,8 +116,7 @@ def validate(cfg: DemoConfig) -> None:
 
 def _heatmap(cfg: DemoConfig, pipeline, results: list[dict], out: Path, console) -> tuple[str | None, dict]:
     """Held-out responses of SFT and of the first ASR method (or the last method), scored by the RM
-    the ASR method uses (the segment RM by default). Writes heatmap.html / .png / token_rewards.jsonl and
-    training_pairs.html (two training pairs with their ASR-DPO masks)."""
+    the ASR method uses (the segment RM by default). Writes heatmap.html / .png / token_rewards.jsonl."""
     from segrl.pipeline.report import heldout_heatmap_rows
     from segrl.pipeline.cache import read_jsonl as _read_jsonl
     from segrl.rm import SegmentRewardModel
@@ -130,7 +129,6 @@ def _heatmap(cfg: DemoConfig, pipeline, results: list[dict], out: Path, console)
         pipeline.reward_model(cfg.seed, "segment")
         arm = "segment"
     rm = SegmentRewardModel.from_pretrained(pipeline.rm_dir(cfg.seed, arm))
-    paths = _training_pairs(cfg, pipeline, rm, arm, out)
     n = cfg.heatmap_prompts
     prompts = pipeline.test_prompts[:n]
     sft = [r["response"] for r in _read_jsonl(pipeline.sft_dir(cfg.seed) / "test_samples.jsonl")[:n]]
@@ -140,45 +138,14 @@ def _heatmap(cfg: DemoConfig, pipeline, results: list[dict], out: Path, console)
                                 baseline=pipeline.dpo_settings.asr_baseline, delta=pipeline.dpo_settings.asr_delta)
     # Interleave: the SFT response and the trained policy's response to the same prompt next to each other.
     rows = [row for pair in zip(rows[:n], rows[n:]) for row in pair]
-    paths.update({"heatmap_html": out / "heatmap.html", "heatmap_png": out / "heatmap.png",
-                  "token_rewards": out / "token_rewards.jsonl"})
+    paths = {"heatmap_html": out / "heatmap.html", "heatmap_png": out / "heatmap.png",
+             "token_rewards": out / "token_rewards.jsonl"}
     title = f"{arm} RM token rewards, segments and ASR mask on held-out responses (seed {cfg.seed})"
     doc = render_html(rows, paths["heatmap_html"], title=title)
     render_png(rows, paths["heatmap_png"], max_rows=min(len(rows), 8))
     with open(paths["token_rewards"], "w", encoding="utf-8") as fh:
         fh.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
     return doc, paths
-
-
-def _training_pairs(cfg: DemoConfig, pipeline, rm, arm: str, out: Path) -> dict:
-    """Two training pairs with the ASR mask ASR-DPO trains on, chosen and rejected side by side
-    (training_pairs.html); returns its path (the document is read back by the report)."""
-    from segrl.pipeline.report import training_pair_rows
-    from segrl.viz import render_html
-
-    train, _, _ = pipeline.pairs(cfg.seed)
-    s = pipeline.dpo_settings
-    rows, delta = training_pair_rows(rm, train, baseline=s.asr_baseline, delta=s.asr_delta,
-                                     delta_quantile=getattr(s, "asr_delta_quantile", 0.3))
-    path = out / "training_pairs.html"
-    intro = (f"<p class='note'>ASR mask: baseline <code>{s.asr_baseline}</code>, hysteresis half-width δ = "
-             f"{delta:.3g}" + (" (auto, resolved over 256 training pairs)" if isinstance(s.asr_delta, str) else "")
-             + "; chosen keeps its segments above the baseline, rejected its segments below.</p>")
-    render_html(rows, path, title=f"{arm} RM token rewards and the ASR-DPO training mask on two training pairs",
-                columns=2, intro=intro)
-    return {"training_pairs_html": path}
-
-
-def _implicit_credit(cfg: DemoConfig, pipeline) -> list[dict]:
-    """Credit-table row of the implicit reward beta * (log pi - log pi_ref) of the demo's DPO run (if it ran)."""
-    from segrl.pipeline.diagnostics import implicit_credit
-
-    policy = pipeline.run_dir(cfg.seed, "dpo") / "model"
-    if not (policy / "config.json").is_file():
-        return []
-    beta = pipeline.dpo_settings.implicit_beta
-    credit = implicit_credit(policy, pipeline.sft_dir(cfg.seed), pipeline.pairs(cfg.seed)[1], beta=beta)
-    return [{"seed": cfg.seed, "source": f"implicit reward of the DPO run (β = {beta:g})", "credit": credit}]
 
 
 def _print_table(summary: dict, console) -> None:
@@ -203,6 +170,7 @@ def run(cfg: DemoConfig, console=None, command: str | None = None) -> dict:
     from rich.console import Console
 
     from segrl.commands.experiment import _ordered, write_outputs
+    from segrl.pipeline.report import report_extras
     from segrl.pipeline.progress import Reporter
 
     validate(cfg)
@@ -224,9 +192,10 @@ def run(cfg: DemoConfig, console=None, command: str | None = None) -> dict:
         "DPO, ASR-DPO (<code>segrl.dpo</code>) and segment-reward PPO (<code>segrl.ppo</code>) → held-out "
         "evaluation. One seed: the differences below are not significant by themselves; "
         "<code>segrl experiment</code> runs every method over several seeds.</p>")
-    extra = {"credit_rows": _implicit_credit(cfg, pipeline),
-             "training_pairs_html": heat_paths["training_pairs_html"].read_text(encoding="utf-8"),
-             "wall_seconds": time.perf_counter() - t0}
+    # The DPO run's implicit-reward credit and two training pairs with their ASR-DPO masks (training_pairs.html).
+    extra = {**report_extras(pipeline, [cfg.seed], results, out), "wall_seconds": time.perf_counter() - t0}
+    if "training_pairs_html" in extra:
+        heat_paths["training_pairs_html"] = out / "training_pairs.html"
     outputs = write_outputs(cfg, pipeline, results, [sft], command, heatmap_html=heatmap_doc, intro_html=intro,
                             report_extra=extra)
     outputs["paths"].update(heat_paths)

@@ -184,7 +184,11 @@ def run(cfg: ExperimentConfig, console=None, command: str | None = None) -> dict
     for seed in cfg.seeds:  # (cached) RM records for the report; adds diagnostics missing from older records
         for arm in sorted({METHODS[m].rm_arm for m in methods if METHODS[m].rm_arm}):
             pipeline.reward_model(seed, arm)
-    outputs = write_outputs(cfg, pipeline, results, sft_records, command, final=True)
+    from segrl.pipeline.report import report_extras
+
+    extra = {**report_extras(pipeline, cfg.seeds, results, Path(cfg.output_dir)),
+             "wall_seconds": time.perf_counter() - t0}
+    outputs = write_outputs(cfg, pipeline, results, sft_records, command, final=True, report_extra=extra)
     console.rule(f"[bold]done in {time.perf_counter() - t0:.0f}s")
     console.print(markdown_table(outputs["summary"]))
     for name, path in outputs["paths"].items():

@@ -19,6 +19,7 @@ __all__ = [
     "markdown_table",
     "provenance_html",
     "render_report",
+    "report_extras",
     "training_pair_rows",
     "y_limits",
 ]
@@ -379,6 +380,47 @@ def training_pair_rows(rm, pairs: list[dict], *, baseline="sequence_mean", delta
                 "labels": labels,
             })
     return rows, float(resolved)
+
+
+def report_extras(pipeline, seeds: list[int], results: list[dict], out_dir: str | Path) -> dict:
+    """What the report shows beyond the result records (keyword arguments of :func:`render_report`).
+
+    - ``credit_rows``: the token credit of the implicit reward ``beta * (log pi - log pi_ref)`` of each
+      seed's plain DPO run (when its model was kept), on that seed's held-out pairs;
+    - ``training_pairs_html``: two training pairs of the first seed with the keep-mask the first
+      RM-based ASR-DPO method trains on (its RM, baseline and delta), chosen and rejected side by side
+      (also written to ``out_dir/training_pairs.html``); absent without such a method.
+    """
+    from segrl.pipeline.diagnostics import implicit_credit
+    from segrl.pipeline.settings import METHODS
+    from segrl.rm import SegmentRewardModel
+    from segrl.viz import render_html
+
+    s = pipeline.dpo_settings
+    extra: dict = {"credit_rows": []}
+    for seed in seeds:
+        policy = pipeline.run_dir(seed, "dpo") / "model"
+        if (policy / "config.json").is_file():
+            credit = implicit_credit(policy, pipeline.sft_dir(seed), pipeline.pairs(seed)[1], beta=s.implicit_beta)
+            extra["credit_rows"].append({"seed": seed, "credit": credit,
+                                         "source": f"implicit reward of the DPO run (β = {s.implicit_beta:g})"})
+    asr = [r for r in results if r["mask"] == "asr" and r.get("rm_arm") and r["family"] == "dpo"]
+    if not asr or not (pipeline.rm_dir(seeds[0], asr[0]["rm_arm"]) / "config.json").is_file():
+        return extra
+    spec, arm = METHODS[asr[0]["method"]], asr[0]["rm_arm"]
+    rm = SegmentRewardModel.from_pretrained(pipeline.rm_dir(seeds[0], arm))
+    baseline = spec.baseline or s.asr_baseline
+    rows, delta = training_pair_rows(rm, pipeline.pairs(seeds[0])[0], baseline=baseline, delta=s.asr_delta,
+                                     delta_quantile=getattr(s, "asr_delta_quantile", 0.3))
+    intro = (f"<p class='note'>{html.escape(asr[0]['label'])}, seed {seeds[0]}: baseline <code>{baseline}</code>, "
+             f"hysteresis half-width δ = {delta:.3g}"
+             + (" (auto, resolved over 256 training pairs)" if isinstance(s.asr_delta, str) else "")
+             + "; chosen keeps its segments above the baseline, rejected its segments below.</p>")
+    path = Path(out_dir) / "training_pairs.html"
+    extra["training_pairs_html"] = render_html(
+        rows, path, title=f"{arm} RM token rewards and the ASR-DPO training mask on two training pairs",
+        columns=2, intro=intro)
+    return extra
 
 
 # --------------------------------------------------------------------------------------------------
