@@ -134,7 +134,8 @@ def test_rm_delta_matches_a_direct_forward(make_rm):
     out = rm.score(prompt_ids, response_ids, reward_form="delta", normalize=False, mode="end")
     for b, (p, r) in enumerate(zip(prompt_ids, response_ids)):
         v = _per_position(rm, p, r)
-        ends = [t for t in range(len(r) - 1) if out.segment_ids[b, t] >= 0 and out.segment_ids[b, t + 1] != out.segment_ids[b, t]]
+        ids = out.segment_ids[b]
+        ends = [t for t in range(len(r) - 1) if ids[t] >= 0 and ids[t + 1] != ids[t]]
         assert len(ends) == int(out.num_segments[b]) >= 2
         previous = [len(p) - 1] + [len(p) + t for t in ends[:-1]]
         expected = torch.zeros(len(r))

@@ -94,7 +94,8 @@ class SegmentRMRewards:
                                                        reference_model=reference_model)
         if not callable(getattr(model, "score_token_ids", None)):
             raise ValueError(
-                f"`{name}` must be a SegmentRewardModel (with `score_token_ids`) or its path, got {type(model).__name__}"
+                f"`{name}` must be a SegmentRewardModel (with `score_token_ids`) or its path, got "
+                f"{type(model).__name__}"
             )
         if policy_tokenizer is not None:
             check_same_tokenizer(getattr(model, "tokenizer", None), policy_tokenizer, name)
@@ -181,8 +182,8 @@ class SegmentRMRewards:
         if self.normalize and rm.normalizer is None:
             raise ValueError("the reward model has no fitted normaliser; run `segrl fit-norm` on it first "
                              "(segrl never falls back to an identity normaliser)")
-        self._rollout = (reward_model_score_fn(rm.model), float(rm.threshold), rm.normalizer if self.normalize else None,
-                         float(rm.sigma_floor))
+        normalizer = rm.normalizer if self.normalize else None
+        self._rollout = (reward_model_score_fn(rm.model), float(rm.threshold), normalizer, float(rm.sigma_floor))
         return self._rollout
 
     @torch.no_grad()
