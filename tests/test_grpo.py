@@ -55,7 +55,8 @@ def test_grpo_trains_with_dense_advantages(rm_env, segment_rm, tmp_path, asr):
     policy = AutoModelForCausalLM.from_pretrained(rm_env.init_dir)
     args = SegmentGRPOConfig(
         output_dir=str(tmp_path), per_device_train_batch_size=4, num_generations=4, max_completion_length=8,
-        max_steps=2, learning_rate=1e-3, asr=asr, beta=0.0, **{k: v for k, v in TEST_ARGS.items()},
+        max_steps=2, learning_rate=1e-3, mask_type="asr" if asr else "none", beta=0.0,
+        **{k: v for k, v in TEST_ARGS.items()},
     )
     prompts = Dataset.from_list([{"prompt": f"{a}+{b}="} for a in range(1, 5) for b in range(1, 3)])
     trainer = SegmentGRPOTrainer(policy, args=args, train_dataset=prompts, processing_class=rm_env.tokenizer,
@@ -102,3 +103,78 @@ def test_grpo_cli(rm_env, segment_rm, tmp_path):
         args += [f"--{key}", str(value)]
     assert main(args) == 0
     assert (tmp_path / "out" / "config.json").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The glue between TRL's generation batch and segrl.ops: each test names the injected bug it guards against.
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _stats_stub(scale_rewards: str, g: int):
+    """Just enough of a trainer for ``_group_segment_stats``: one process, groups of ``g`` rows."""
+    from types import SimpleNamespace
+
+    acc = SimpleNamespace(gather=lambda t: t, process_index=0, num_processes=1)
+    stub = SimpleNamespace(accelerator=acc, num_generations=g, num_generations_eval=g,
+                           model=SimpleNamespace(training=True), scale_rewards=scale_rewards)
+    stub._gathered_groups = lambda local: SegmentGRPOTrainer._gathered_groups(stub, local)
+    return stub
+
+
+def test_group_std_is_unbiased_hand_values():
+    """Guards against: GRPO group std made biased (TRL's GRPO uses the unbiased std, n - 1)."""
+    seg = torch.tensor([[1.0, 3.0], [5.0, 99.0], [2.0, 0.0], [2.0, -7.0]])
+    valid = torch.tensor([[True, True], [True, False], [True, False], [True, False]])
+    # group 1 = rows 0-1: values 1, 3, 5 -> mean 3, unbiased var (4 + 0 + 4) / 2 = 4 -> std 2
+    # (biased: sqrt(8 / 3) = 1.633); group 2 = rows 2-3: values 2, 2 -> mean 2, std 0
+    mean, std = SegmentGRPOTrainer._group_segment_stats(_stats_stub("group", 2), seg, valid)
+    assert mean.tolist() == pytest.approx([3.0, 3.0, 2.0, 2.0])
+    assert std.tolist() == pytest.approx([2.0, 2.0, 0.0, 0.0])
+    # scale_rewards="batch": all five values 1, 3, 5, 2, 2 -> mean 2.6, unbiased var 9.2 / 4 = 2.3
+    mean, std = SegmentGRPOTrainer._group_segment_stats(_stats_stub("batch", 2), seg, valid)
+    assert mean.tolist() == pytest.approx([2.6] * 4)
+    assert std.tolist() == pytest.approx([math.sqrt(2.3)] * 4)
+
+
+def test_asr_mask_follows_the_sign_against_the_group_mean(rm_env, segment_rm, tmp_path):
+    """Guards against: GRPO sequence sign flipped (a response scored above its group's mean keeps its
+    above-baseline tokens). The tool_mask must be segrl.ops.keep_mask with the hand-computed signs."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM
+
+    from segrl.ppo.trainer import response_mask_from
+
+    policy = AutoModelForCausalLM.from_pretrained(rm_env.init_dir)
+    args = SegmentGRPOConfig(
+        output_dir=str(tmp_path), per_device_train_batch_size=8, num_generations=4, max_completion_length=8,
+        max_steps=1, mask_type="asr", beta=0.0, **TEST_ARGS,
+    )
+    assert (args.asr_baseline, args.asr_delta) == ("sequence_mean", "auto")  # the new defaults
+    prompts = Dataset.from_list([{"prompt": f"{a}+{a}="} for a in range(1, 5)])
+    trainer = SegmentGRPOTrainer(policy, args=args, train_dataset=prompts, processing_class=rm_env.tokenizer,
+                                 segment_reward_model=segment_rm)
+    out = trainer._generate_and_score_completions([{"prompt": p} for p in ["1+1="] * 4 + ["2+3="] * 4])
+    mask, _ = response_mask_from(out["completion_ids"], rm_env.tokenizer.eos_token_id)
+    prompt_ids = [row[m.bool()].tolist() for row, m in zip(out["prompt_ids"], out["prompt_mask"])]
+    completion_ids = [row[m].tolist() for row, m in zip(out["completion_ids"], mask)]
+    seg = segment_rm.segment_token_ids(prompt_ids, completion_ids)
+    rewards = ops.spread_segment_rewards(segment_rm.normalized_segment_rewards(seg), seg.segment_ids, mode="even")
+    padded = torch.zeros(mask.shape)
+    padded[:, : rewards.shape[1]] = rewards
+    scores = seg.scores.view(2, 4)
+    sign = torch.where(scores >= scores.mean(dim=1, keepdim=True), 1, -1).flatten()  # by hand, ties +1
+    expected = ops.keep_mask(padded, mask, sign, **args.mask_kwargs())
+    assert torch.equal(out["tool_mask"].bool(), expected.keep)
+    assert not torch.equal(ops.keep_mask(padded, mask, -sign, **args.mask_kwargs()).keep, expected.keep)  # armed
+    logged = trainer._metrics["train" if trainer.model.training else "eval"]
+    assert logged["asr/delta"] == [pytest.approx(expected.delta)]
+
+
+def test_grpo_asr_options_fail_at_construction(tmp_path):
+    """Bad ASR options fail when the config is built (not at the first generation); `asr` maps to `mask_type`."""
+    for bad, name in (({"asr_neutral": "maybe"}, "asr_neutral"), ({"asr_empty": "all"}, "asr_empty"),
+                      ({"asr_delta": -1.0}, "asr_delta")):
+        with pytest.raises(ValueError, match=name):
+            SegmentGRPOConfig(output_dir=str(tmp_path), **bad, **TEST_ARGS)
+    assert SegmentGRPOConfig(output_dir=str(tmp_path), asr=True, **TEST_ARGS).mask_type == "asr"
+    assert SegmentGRPOConfig(output_dir=str(tmp_path), **TEST_ARGS).mask_type == "none"

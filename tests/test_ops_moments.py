@@ -198,3 +198,18 @@ def test_property_hooked_equals_whole_batch(batch, shift_mean):
         ref = torch.where(mask, (x.double() - mean) / sd + (0 if shift_mean else mean), 0.0)
         torch.testing.assert_close(ops.masked_whiten(x, mask, shift_mean=shift_mean).double(), ref,
                                    rtol=1e-5, atol=1e-5)
+
+
+def test_mean_std_from_moments_biased_and_unbiased():
+    # values 1, 3, 5: mean 3, squared deviations 4 + 0 + 4 = 8 -> population std sqrt(8 / 3), sample std 2
+    moments = ops.masked_moments(torch.tensor([1.0, 3.0, 5.0]))
+    mean, std = ops.moments_mean_std(moments)
+    assert (mean.item(), std.item()) == (pytest.approx(3.0), pytest.approx(math.sqrt(8 / 3)))
+    assert ops.moments_mean_std(moments, unbiased=True)[1].item() == pytest.approx(2.0)
+    # per row (dim=1): row 0 has 1 and 3 valid, row 1 only 7 -> std 0 for a single value, either way
+    rows = ops.masked_moments(torch.tensor([[1.0, 3.0], [7.0, 0.0]]), torch.tensor([[1, 1], [1, 0]]), dim=1)
+    assert rows.tolist() == [[2.0, 1.0], [4.0, 7.0], [10.0, 49.0]]
+    mean, std = ops.moments_mean_std(rows, unbiased=True)
+    assert mean.tolist() == [2.0, 7.0] and std.tolist() == pytest.approx([math.sqrt(2.0), 0.0])
+    with pytest.raises(ValueError, match="moments"):
+        ops.moments_mean_std(torch.zeros(2))

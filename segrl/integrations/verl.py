@@ -398,19 +398,27 @@ class SegmentDenseRewardManager(_load_reward_loop_base()):
 # ============================================================================ ASR-masked GAE
 
 
-_BASELINE_MODES = ("batch_mean", "sequence_mean", "zero")
+from segrl.asr_options import ASRArguments  # noqa: E402  (the ASR options: one class for every trainer)
+
+#: Keys of ``algorithm.segrl_asr`` before the options became :class:`segrl.asr_options.ASRArguments`.
+_LEGACY_KEYS = {"baseline": "asr_baseline", "delta": "asr_delta", "delta_quantile": "asr_delta_quantile",
+                "neutral": "asr_neutral", "empty": "asr_empty"}
 
 
-@dataclass(frozen=True)
-class ASROptions:
-    """Options of the ``segrl_asr_gae`` estimator, read from ``algorithm.segrl_asr`` (SPEC §1).
+@dataclass
+class ASROptions(ASRArguments):
+    """Options of the ``segrl_asr_gae`` estimator, read from ``algorithm.segrl_asr`` (docs/method.md#asr-mask).
+
+    The mask options are segrl's one options class, :class:`segrl.asr_options.ASRArguments`, with its
+    names, defaults and checks (at construction): ``mask_type`` (``"asr"`` | ``"tokenwise"`` |
+    ``"none"``; ``"stepwise"`` needs token texts, which an estimator never sees), ``asr_baseline``
+    (default ``"sequence_mean"``), ``asr_delta`` (default ``"auto"``: resolved over the whole rollout
+    batch, which the estimator holds on the driver, for all DP ranks at once), ``asr_delta_quantile``,
+    ``asr_neutral``, ``asr_empty``. The keys ``baseline`` / ``delta`` / ``delta_quantile`` /
+    ``neutral`` / ``empty`` of earlier releases are still read (deprecated). verl-specific:
 
     Attributes:
-        baseline: token baseline ``b``: ``"batch_mean"`` | ``"sequence_mean"`` | ``"zero"`` | a number.
-        delta: hysteresis half-width ``>= 0``.
-        neutral: ``"drop"`` | ``"keep"`` undecided (state 0) tokens.
-        empty: ``"full"`` gives a row whose mask would be empty its whole response; ``"none"`` drops it.
-        seq_baseline: sequence sign ``sign(R - b_seq)`` against the ``"batch_mean"`` of ``R`` (SPEC) or
+        seq_baseline: sequence sign ``sign(R - b_seq)`` against the ``"batch_mean"`` of ``R`` (docs) or
             the ``"group_mean"`` of responses to the same prompt (verl's ``uid``; for ``rollout.n > 1``).
         signal: token signal for the mask: ``"scores"`` (``token_level_scores``, the reward model's
             own dense rewards, before any in-reward KL; as segrl's PPO trainer does) or ``"rewards"``
@@ -419,10 +427,6 @@ class ASROptions:
             kept-token count (see the module docstring); ``False`` keeps verl's all-token denominator.
     """
 
-    baseline: str | float = "batch_mean"
-    delta: float = 0.0
-    neutral: str = "drop"
-    empty: str = "full"
     seq_baseline: str = "batch_mean"
     signal: str = "scores"
     rescale: bool = True
@@ -432,19 +436,12 @@ class ASROptions:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"`{CONFIG_KEY}.{name}` must be one of {allowed}, got {getattr(self, name)!r}")
 
-        choice("neutral", ("drop", "keep"))
-        choice("empty", ("full", "none"))
+        super().__post_init__()  # the ASR fields (ASRArguments): errors name the field
+        if self.mask_type == "stepwise":
+            raise ValueError(f"`{CONFIG_KEY}.mask_type='stepwise'` is not supported by '{ADV_ESTIMATOR_NAME}': step "
+                             "boundaries need token texts, which a verl advantage estimator never receives")
         choice("seq_baseline", ("batch_mean", "group_mean"))
         choice("signal", ("scores", "rewards"))
-        if isinstance(self.baseline, str) and self.baseline not in _BASELINE_MODES:
-            try:
-                object.__setattr__(self, "baseline", float(self.baseline))
-            except ValueError:
-                raise ValueError(
-                    f"`{CONFIG_KEY}.baseline` must be one of {_BASELINE_MODES} or a number, got {self.baseline!r}"
-                ) from None
-        if not isinstance(self.delta, (int, float)) or isinstance(self.delta, bool) or not self.delta >= 0:
-            raise ValueError(f"`{CONFIG_KEY}.delta` must be a number >= 0, got {self.delta!r}")
         if not isinstance(self.rescale, bool):
             raise ValueError(f"`{CONFIG_KEY}.rescale` must be true or false, got {self.rescale!r}")
 
@@ -457,6 +454,12 @@ class ASROptions:
         if not isinstance(node, Mapping) and not hasattr(node, "items"):
             raise ValueError(f"`algorithm.{CONFIG_KEY}` must be a mapping of options, got {type(node).__name__}")
         values = dict(node.items())
+        for old, new in _LEGACY_KEYS.items():
+            if old in values:
+                if new in values:
+                    raise ValueError(f"`algorithm.{CONFIG_KEY}` sets both `{old}` and `{new}`; keep `{new}`")
+                logger.warning("`algorithm.%s.%s` is deprecated: use `%s`", CONFIG_KEY, old, new)
+                values[new] = values.pop(old)
         unknown = set(values) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"unknown `algorithm.{CONFIG_KEY}` option(s) {sorted(unknown)}; "
@@ -472,6 +475,7 @@ class ASRAdvantages:
     times ``scale``. ``returns``: plain GAE returns (critic targets, every response token).
     ``keep``: the ASR mask. ``fallback``: (bs,) rows whose mask fell back to the full response.
     ``seq_sign``: (bs,) the sequence signs. ``scale``: the kept-token rescale factor ``N / K``.
+    ``delta``: the hysteresis half-width the mask used (``asr_delta`` resolved; 0 without hysteresis).
     """
 
     advantages: torch.Tensor
@@ -480,6 +484,7 @@ class ASRAdvantages:
     fallback: torch.Tensor
     seq_sign: torch.Tensor
     scale: float
+    delta: float = 0.0
 
 
 def _group_ids(index, batch: int, device) -> torch.Tensor:
@@ -493,13 +498,15 @@ def _group_ids(index, batch: int, device) -> torch.Tensor:
     return torch.as_tensor(inverse, dtype=torch.long, device=device)
 
 
-def asr_keep_mask(signal: torch.Tensor, response_mask: torch.Tensor, *, options: ASROptions = ASROptions(),
-                  index=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The ASR mask of a verl rollout batch (SPEC §1, PPO case).
+def asr_keep_mask(signal: torch.Tensor, response_mask: torch.Tensor, *, options: ASROptions | None = None,
+                  index=None, result: bool = False):
+    """The keep mask of a verl rollout batch (docs/method.md#asr-mask, PPO case).
 
     Sequence reward ``R_b = sum_t signal[b, t]`` over response tokens; sequence sign
-    ``+1 if R_b >= b_seq else -1`` (ties +1) with ``b_seq`` the batch (or group) mean of ``R``;
-    then :func:`segrl.ops.asr_segments` with the token options.
+    :func:`segrl.ops.sequence_sign` of ``R_b`` against ``b_seq``, the batch (or group) mean of ``R``
+    (ties +1); then :func:`segrl.ops.keep_mask` with the options' ``mask_kwargs()``. The batch is
+    the whole rollout batch (every DP rank's rows: the estimator runs on the driver), so a batch
+    baseline and ``asr_delta="auto"`` are resolved over all of it, never per micro-batch.
 
     verl's ``response_mask`` can have holes (multi-turn: tool-observation tokens are 0); segrl.ops
     wants right-padded rows, so each row's valid tokens are moved to the front in order, masked,
@@ -511,9 +518,12 @@ def asr_keep_mask(signal: torch.Tensor, response_mask: torch.Tensor, *, options:
         options: :class:`ASROptions`.
         index: verl's ``uid`` per row, for ``seq_baseline="group_mean"``. Shape: (bs,).
 
+        result: also return the :class:`segrl.ops.KeepMaskResult` (over the compacted rows).
+
     Returns:
-        ``(keep (bs, T) bool, fallback (bs,) bool, seq_sign (bs,) long)``.
+        ``(keep (bs, T) bool, fallback (bs,) bool, seq_sign (bs,) long)``, plus the result when ``result``.
     """
+    options = ASROptions() if options is None else options
     if signal.shape != response_mask.shape or signal.dim() != 2:
         raise ValueError(f"`signal` {tuple(signal.shape)} and `response_mask` {tuple(response_mask.shape)} "
                          "must both have shape (bs, T)")
@@ -521,28 +531,27 @@ def asr_keep_mask(signal: torch.Tensor, response_mask: torch.Tensor, *, options:
     signal = signal.detach().float()
     seq = torch.where(mask, signal, torch.zeros_like(signal)).sum(dim=1, dtype=torch.float64)
     if options.seq_baseline == "batch_mean":
-        b_seq = seq.mean().expand_as(seq)
+        b_seq = ops.masked_mean(seq)
     else:
         groups = _group_ids(index, seq.shape[0], seq.device)
         n_groups = int(groups.max()) + 1 if groups.numel() else 0
         sums = torch.zeros(n_groups, dtype=seq.dtype, device=seq.device).index_add_(0, groups, seq)
         counts = torch.zeros(n_groups, dtype=seq.dtype, device=seq.device).index_add_(0, groups, torch.ones_like(seq))
         b_seq = (sums / counts)[groups]
-    seq_sign = torch.where(seq >= b_seq, 1, -1).long()  # ties -> +1 (SPEC §1)
+    seq_sign = ops.sequence_sign(seq, b_seq)  # ties -> +1 (docs/method.md#sequence-sign)
 
     # Stable sort of "is padding" puts valid tokens first, in their original order.
     order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)
     compact_mask = mask.gather(1, order)
     compact_signal = torch.where(compact_mask, signal.gather(1, order), torch.zeros_like(signal))
-    res = ops.asr_segments(compact_signal, compact_mask, seq_sign, baseline=options.baseline, delta=options.delta,
-                           neutral=options.neutral, empty=options.empty)
+    res = ops.keep_mask(compact_signal, compact_mask, seq_sign, **options.mask_kwargs())
     keep = torch.zeros_like(mask).scatter(1, order, res.keep)
-    return keep, res.fallback, seq_sign
+    return (keep, res.fallback, seq_sign, res) if result else (keep, res.fallback, seq_sign)
 
 
 def asr_gae_advantages(token_level_rewards: torch.Tensor, values: torch.Tensor, response_mask: torch.Tensor, *,
                        gamma: float, lam: float, signal: torch.Tensor | None = None, index=None,
-                       options: ASROptions = ASROptions()) -> ASRAdvantages:
+                       options: ASROptions | None = None) -> ASRAdvantages:
     """GAE with verl's own ``compute_gae_advantage_return``, then the ASR mask on the advantages.
 
     Args:
@@ -564,12 +573,13 @@ def asr_gae_advantages(token_level_rewards: torch.Tensor, values: torch.Tensor, 
         token_level_rewards=token_level_rewards, values=values,
         response_mask=mask.to(token_level_rewards.dtype), gamma=gamma, lam=lam,
     )
-    keep, fallback, seq_sign = asr_keep_mask(token_level_rewards if signal is None else signal, mask,
-                                             options=options, index=index)
+    options = ASROptions() if options is None else options
+    keep, fallback, seq_sign, res = asr_keep_mask(token_level_rewards if signal is None else signal, mask,
+                                                  options=options, index=index, result=True)
     n_tokens, n_kept = int(mask.sum()), int(keep.sum())
     scale = n_tokens / n_kept if options.rescale and n_kept > 0 else 1.0
     advantages = torch.where(keep, advantages * scale, torch.zeros_like(advantages))
-    return ASRAdvantages(advantages, returns, keep, fallback, seq_sign, scale)
+    return ASRAdvantages(advantages, returns, keep, fallback, seq_sign, scale, res.delta)
 
 
 def _same_tensor(a, b) -> bool:
@@ -638,8 +648,9 @@ def compute_segrl_asr_gae_advantage(token_level_rewards: torch.Tensor, response_
     out = asr_gae_advantages(token_level_rewards, values, response_mask, gamma=gamma, lam=lam, signal=signal,
                              index=index, options=options)
     mask = response_mask.bool()
-    logger.info("segrl_asr_gae: kept %.3f of %d response tokens, %d fallback rows, rescale %.3f",
-                float(out.keep.sum()) / max(int(mask.sum()), 1), int(mask.sum()), int(out.fallback.sum()), out.scale)
+    logger.info("segrl_asr_gae: asr/delta %.4g, asr/kept_token_fraction %.3f of %d response tokens, "
+                "%d fallback rows, rescale %.3f", out.delta, float(out.keep.sum()) / max(int(mask.sum()), 1),
+                int(mask.sum()), int(out.fallback.sum()), out.scale)
     return out.advantages, out.returns
 
 

@@ -29,10 +29,19 @@ VALUES = [[0.5, 0.2, -0.1], [0.3, 0.1]]
 #          d0 = -2 + 0.1 - 0.3 = -2.2         A0 = -2.2 + 0.95 * 0.9 = -1.345
 HAND_GAE = [[1.36025, 0.695, 2.1], [-1.345, 0.9]]
 HAND_RETURNS = [[1.86025, 0.895, 2.0], [-1.045, 1.0]]
-# ASR mask by hand: sequence sums R = (2, -1), batch mean 0.5 -> signs (+1, -1). Token baseline =
-# mean of the 5 valid rewards = 0.2, so states are row 0 (+, -, +), row 1 (-, +): keep the tokens
-# that agree with their row's sign.
+# ASR mask by hand with the options of earlier releases (LEGACY: batch_mean baseline, delta 0):
+# sequence sums R = (2, -1), batch mean 0.5 -> signs (+1, -1). Token baseline = mean of the 5 valid
+# rewards = 0.2, so states are row 0 (+, -, +), row 1 (-, +): keep the tokens that agree with their
+# row's sign.
+LEGACY = {"asr_baseline": "batch_mean", "asr_delta": 0.0}
 HAND_KEEP = [[True, False, True], [True, False]]
+# ... and with the defaults (sequence_mean baseline, delta "auto" = 0.3-quantile of |r - b|):
+# baselines row 0: 2/3, row 1: -1/2; |r - b| = 1/3, 5/3, 4/3 | 3/2, 3/2 -> sorted 1/3, 4/3, 3/2, 3/2, 5/3;
+# rank 0.3 * 4 = 1.2 -> delta = 4/3 + 0.2 * (3/2 - 4/3) = 41/30. Row 0: band (-0.7, 2.033): states
+# (0, -, -), nothing agrees with +1 -> falls back to the full row. Row 1: band (-1.867, 0.867):
+# states (-, +), sign -1 keeps token 0.
+HAND_DELTA = 41 / 30
+HAND_KEEP_DEFAULT = [[True, True, True], [True, False]]
 
 
 def _batch(rewards=REWARDS, values=VALUES, scores=None) -> DataProto:
@@ -60,10 +69,22 @@ def test_registered_under_its_name():
     assert get_adv_estimator_fn("segrl_asr_gae") is plugin.compute_segrl_asr_gae_advantage
 
 
-def test_gae_matches_hand_computation_then_mask_and_rescale():
+def test_default_options_auto_delta_and_sequence_mean_by_hand():
     r, mask = right_padded(REWARDS)
     v, _ = right_padded(VALUES)
     out = plugin.asr_gae_advantages(r, v, mask, gamma=1.0, lam=0.95)
+    assert out.delta == pytest.approx(HAND_DELTA)
+    assert torch.equal(out.keep, _padded_bool(HAND_KEEP_DEFAULT))
+    assert out.fallback.tolist() == [True, False]
+    assert out.scale == pytest.approx(5 / 4)
+    options = plugin.ASROptions()
+    assert (options.mask_type, options.asr_baseline, options.asr_delta) == ("asr", "sequence_mean", "auto")
+
+
+def test_gae_matches_hand_computation_then_mask_and_rescale():
+    r, mask = right_padded(REWARDS)
+    v, _ = right_padded(VALUES)
+    out = plugin.asr_gae_advantages(r, v, mask, gamma=1.0, lam=0.95, options=plugin.ASROptions(**LEGACY))
 
     hand_returns, _ = right_padded(HAND_RETURNS)
     torch.testing.assert_close(out.returns * mask, hand_returns, atol=1e-6, rtol=0)
@@ -87,10 +108,10 @@ def test_gae_matches_hand_computation_then_mask_and_rescale():
 
 def test_through_verl_compute_advantage_reads_values_from_the_dataproto():
     data = _batch()
-    data = compute_advantage(data, adv_estimator="segrl_asr_gae", gamma=1.0, lam=0.95, config=_algo())
+    data = compute_advantage(data, adv_estimator="segrl_asr_gae", gamma=1.0, lam=0.95, config=_algo(**LEGACY))
     r, mask = right_padded(REWARDS)
     v, _ = right_padded(VALUES)
-    direct = plugin.asr_gae_advantages(r, v, mask, gamma=1.0, lam=0.95)
+    direct = plugin.asr_gae_advantages(r, v, mask, gamma=1.0, lam=0.95, options=plugin.ASROptions(**LEGACY))
     torch.testing.assert_close(data.batch["advantages"], direct.advantages, atol=0, rtol=0)
     torch.testing.assert_close(data.batch["returns"] * mask, right_padded(HAND_RETURNS)[0], atol=1e-6, rtol=0)
     assert torch.equal(data.batch["advantages"] != 0, _padded_bool(HAND_KEEP))
@@ -116,40 +137,60 @@ def test_without_critic_values_it_says_how_to_fix_it():
 def test_signal_defaults_to_scores_before_the_in_reward_kl():
     # token_level_rewards = scores - KL: the KL lifts row 0's middle token from -1 to 0.5.
     rewards = [[1.0, 0.5, 2.0], [-2.0, 1.0]]
-    by_scores = compute_advantage(_batch(rewards, scores=REWARDS), adv_estimator="segrl_asr_gae", config=_algo())
+    by_scores = compute_advantage(_batch(rewards, scores=REWARDS), adv_estimator="segrl_asr_gae",
+                                  config=_algo(**LEGACY))
     assert torch.equal(by_scores.batch["advantages"] != 0, _padded_bool(HAND_KEEP))
     by_rewards = compute_advantage(_batch(rewards, scores=REWARDS), adv_estimator="segrl_asr_gae",
-                                   config=_algo(signal="rewards"))
+                                   config=_algo(signal="rewards", **LEGACY))
     # token baseline over rewards = 0.5: the middle token ties and inherits the "+" state -> kept
     assert torch.equal(by_rewards.batch["advantages"] != 0, _padded_bool([[True, True, True], [True, False]]))
 
 
 def test_options_from_config_reach_the_mask():
     # delta so wide that every token stays undecided -> "drop" empties each row -> "full" falls back
-    data = compute_advantage(_batch(), adv_estimator="segrl_asr_gae", config=_algo(delta=100.0))
+    data = compute_advantage(_batch(), adv_estimator="segrl_asr_gae", config=_algo(asr_delta=100.0))
     _, mask = right_padded(REWARDS)
     assert torch.equal(data.batch["advantages"] != 0, mask.bool())
     # ... while empty="none" leaves the rows empty: every advantage is exactly 0
-    data = compute_advantage(_batch(), adv_estimator="segrl_asr_gae", config=_algo(delta=100.0, empty="none"))
+    data = compute_advantage(_batch(), adv_estimator="segrl_asr_gae", config=_algo(asr_delta=100.0, asr_empty="none"))
     assert bool((data.batch["advantages"] == 0).all())
     # neutral="keep" keeps the undecided tokens instead
     data = compute_advantage(_batch(), adv_estimator="segrl_asr_gae",
-                             config=_algo(delta=100.0, neutral="keep", empty="none"))
+                             config=_algo(asr_delta=100.0, asr_neutral="keep", asr_empty="none"))
+    assert torch.equal(data.batch["advantages"] != 0, mask.bool())
+    # the keys of earlier releases still work (deprecated)
+    data = compute_advantage(_batch(), adv_estimator="segrl_asr_gae", config=_algo(delta=100.0, empty="none"))
+    assert bool((data.batch["advantages"] == 0).all())
+    # mask_type="tokenwise" (sign of r - b, no hysteresis): sequence_mean baselines 2/3 and -1/2
+    data = compute_advantage(_batch(), adv_estimator="segrl_asr_gae", config=_algo(mask_type="tokenwise"))
+    assert torch.equal(data.batch["advantages"] != 0, _padded_bool([[True, False, True], [True, False]]))
+    # mask_type="none": plain GAE on every response token
+    data = compute_advantage(_batch(), adv_estimator="segrl_asr_gae", config=_algo(mask_type="none"))
     assert torch.equal(data.batch["advantages"] != 0, mask.bool())
 
 
 def test_rescale_off_keeps_whitened_values():
-    on = compute_advantage(_batch(), adv_estimator="segrl_asr_gae", config=_algo()).batch["advantages"]
-    off = compute_advantage(_batch(), adv_estimator="segrl_asr_gae", config=_algo(rescale=False)).batch["advantages"]
+    on = compute_advantage(_batch(), adv_estimator="segrl_asr_gae", config=_algo(**LEGACY)).batch["advantages"]
+    off = compute_advantage(_batch(), adv_estimator="segrl_asr_gae",
+                            config=_algo(rescale=False, **LEGACY)).batch["advantages"]
     torch.testing.assert_close(on, off * (5 / 3), atol=1e-6, rtol=0)
 
 
 def test_config_validation():
     with pytest.raises(ValueError, match="unknown"):
         compute_advantage(_batch(), adv_estimator="segrl_asr_gae", config=_algo(deltaa=0.1))
-    with pytest.raises(ValueError, match="neutral"):
+    with pytest.raises(ValueError, match="asr_neutral"):
         compute_advantage(_batch(), adv_estimator="segrl_asr_gae", config=_algo(neutral="maybe"))
-    assert plugin.ASROptions.from_config(_algo(baseline="0.25")).baseline == 0.25
+    # bad options fail when the options are built, naming the field
+    for bad, name in (({"asr_delta": -1.0}, "asr_delta"), ({"asr_delta": "wide"}, "asr_delta"),
+                      ({"asr_empty": "all"}, "asr_empty"), ({"asr_baseline": "median"}, "asr_baseline"),
+                      ({"mask_type": "stepwise"}, "stepwise"), ({"seq_baseline": "x"}, "seq_baseline")):
+        with pytest.raises(ValueError, match=name):
+            plugin.ASROptions(**bad)
+    with pytest.raises(ValueError, match="both"):
+        plugin.ASROptions.from_config(_algo(delta=0.1, asr_delta=0.2))
+    assert plugin.ASROptions.from_config(_algo(baseline="0.25")).asr_baseline == 0.25
+    assert plugin.ASROptions.from_config(_algo(asr_delta="0.5")).asr_delta == 0.5
     # verl's AlgoConfig dataclass has no segrl key: defaults apply
     assert plugin.ASROptions.from_config(AlgoConfig(gamma=1.0, lam=0.95)) == plugin.ASROptions()
 
@@ -175,7 +216,7 @@ def test_multi_turn_holes_are_skipped_and_never_kept():
     keep, _, sign = plugin.asr_keep_mask(signal, mask)
     compact = torch.tensor([[1.0, -1.0, -1.0, 1.0], [-1.0, -1.0, 2.0, 0.0]])
     compact_mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]]).bool()
-    expected = ops.asr_mask(compact, compact_mask, sign)
+    expected = ops.keep_mask(compact, compact_mask, sign, **plugin.ASROptions().mask_kwargs()).keep
     assert keep[0, [0, 1, 4, 5]].tolist() == expected[0].tolist()
     assert keep[1, :3].tolist() == expected[1, :3].tolist()
     assert not keep[0, 2:4].any() and not keep[1, 3:].any()
@@ -189,6 +230,7 @@ def test_v1_trainer_path_delegates_to_the_registry():
     from verl.trainer.ppo.v1.utils import compute_advantage_for_multi_trajectories
 
     data = compute_advantage_for_multi_trajectories(
-        _batch(), batch_keys=["a_0_0", "b_0_0"], adv_estimator="segrl_asr_gae", gamma=1.0, lam=0.95, config=_algo()
+        _batch(), batch_keys=["a_0_0", "b_0_0"], adv_estimator="segrl_asr_gae", gamma=1.0, lam=0.95,
+        config=_algo(**LEGACY)
     )
     assert torch.equal(data.batch["advantages"] != 0, _padded_bool(HAND_KEEP))
