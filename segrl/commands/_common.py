@@ -342,6 +342,16 @@ def _literal(node, module: str = "", depth: int = 0) -> object:
             return _constant(module, node.id, depth)
         if isinstance(node, ast.Call) and ast.unparse(node.func) in ("list", "tuple") and len(node.args) == 1:
             return _literal(node.args[0], module, depth)
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "join"
+                and len(node.args) == 1):
+            sep, items = _literal(node.func.value, module, depth), _literal(node.args[0], module, depth)
+            if isinstance(sep, str) and isinstance(items, (list, tuple)):
+                return sep.join(map(str, items))
+        if isinstance(node, ast.JoinedStr):  # f"..." help strings
+            return "".join(str(_literal(v.value, module, depth)) if isinstance(v, ast.FormattedValue)
+                           else str(v.value) for v in node.values)
+        if isinstance(node, ast.Lambda):
+            return _literal(node.body, module, depth)
         return ast.unparse(node)
 
 
@@ -387,7 +397,8 @@ def _class_fields(module: str, name: str, seen: set | None = None) -> tuple[list
                 if kw.arg == "default":
                     default = _literal(kw.value, module)
                 elif kw.arg == "default_factory":
-                    default = ast.unparse(kw.value) + "()"
+                    default = _literal(kw.value, module) if isinstance(kw.value, ast.Lambda) else (
+                        ast.unparse(kw.value) + "()")
                 elif kw.arg == "metadata" and isinstance(kw.value, ast.Dict):
                     for key, val in zip(kw.value.keys, kw.value.values):
                         key = _literal(key) if key is not None else None
@@ -425,7 +436,10 @@ def fast_help(prog: str, groups: Sequence[tuple[str, str]], *, inherited: str = 
               common: Sequence[tuple[str, str]] = ()) -> str:
     """``--help`` text: segrl's own options by group (read from the source, nothing heavy imported),
     then the most used inherited options, then the global ones."""
-    command_module = groups[0][1].split(":")[0] if groups else ""
+    from segrl.cli import COMMANDS
+
+    name = prog.split()[-1]
+    command_module = COMMANDS[name][0] if name in COMMANDS else (groups[0][1].split(":")[0] if groups else "")
     lines = [f"usage: {prog} [--config FILE.yaml] [--flag value ...]", ""]
     summary = _doc_summary(command_module) if command_module else ""
     if summary:

@@ -25,17 +25,21 @@ Examples::
 
 from __future__ import annotations
 
-import sys
-
 from segrl.evals.config import EvalConfig
 
 __all__ = ["EvalConfig", "main", "parse_config", "run"]
 
 
-def parse_config(argv: list[str]) -> EvalConfig:
+def make_parser():
     from trl import TrlParser
 
-    (cfg,) = TrlParser((EvalConfig,), prog="segrl eval").parse_args_and_config(args=argv)
+    return TrlParser((EvalConfig,), prog="segrl eval")
+
+
+def parse_config(argv: list[str]) -> EvalConfig:
+    from segrl.commands._common import parse_args
+
+    (cfg,) = parse_args(make_parser(), argv, "segrl eval")
     return cfg
 
 
@@ -53,17 +57,15 @@ def run(cfg: EvalConfig) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``segrl eval``. Returns 0 on success, 2 on invalid options or data."""
+    """Entry point of ``segrl eval``. Returns 0 on success, 2 on invalid options or data, 1 on other errors."""
+    from segrl.commands._common import command_main
     from segrl.rm._cli import quiet_transformers
 
-    try:
-        cfg = parse_config(list(sys.argv[1:] if argv is None else argv))
+    def _run(cfg):
         quiet_transformers()
-        run(cfg)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"segrl eval: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+        return run(cfg)
+
+    return command_main("segrl eval", argv, make_parser, _run, [("eval", "segrl.evals.config:EvalConfig")])
 
 
 if __name__ == "__main__":
