@@ -121,8 +121,13 @@ def canonical_dests(dests: Iterable[str]) -> dict[str, str]:
     return out
 
 
-def resolve_name(name: str, dests: set[str], prog: str) -> str:
-    """Map a flag / YAML key to the parser's option name (deprecation warning for old names)."""
+def resolve_name(name: str, dests: set[str], prog: str, aliases: dict[str, str] | None = None) -> str:
+    """Map a flag / YAML key to the parser's option name (deprecation warning for old names).
+
+    ``aliases``: a command's own old name -> new name pairs, on top of :data:`CONCEPTS`."""
+    if aliases and name in aliases and name not in dests:
+        _warn(prog, f"`{name}` is deprecated, use `{aliases[name]}`")
+        return aliases[name]
     carriers = canonical_dests(dests)
     if name in carriers:  # the canonical name
         return carriers[name]
@@ -136,15 +141,15 @@ def resolve_name(name: str, dests: set[str], prog: str) -> str:
     return name
 
 
-def _rename_argv(argv: list[str], dests: set[str], prog: str) -> list[str]:
+def _rename_argv(argv: list[str], dests: set[str], prog: str, aliases: dict[str, str] | None = None) -> list[str]:
     out = []
     for arg in argv:
         if arg.startswith("--") and len(arg) > 2:
             key, eq, value = arg[2:].partition("=")
             if key not in dests:
-                key = resolve_name(key, dests, prog)
+                key = resolve_name(key, dests, prog, aliases)
             elif key in {n for old in CONCEPTS.values() for n in old}:
-                key = resolve_name(key, dests, prog)
+                key = resolve_name(key, dests, prog, aliases)
             arg = f"--{key}{eq}{value}"
         out.append(arg)
     return out
@@ -167,7 +172,7 @@ def _has_gpu() -> bool:
     return bool(xpu is not None and xpu.is_available())
 
 
-def parse_args(parser, argv: Sequence[str], prog: str):
+def parse_args(parser, argv: Sequence[str], prog: str, aliases: dict[str, str] | None = None):
     """Parse ``--config`` + flags into ``parser``'s dataclasses (see the module docstring).
 
     Returns the tuple of dataclass instances, like ``TrlParser.parse_args_and_config``.
@@ -186,7 +191,7 @@ def parse_args(parser, argv: Sequence[str], prog: str):
             raise UsageError("`--config` needs a YAML file")
         config_path = args[i + 1]
         del args[i:i + 2]
-    args = _rename_argv(args, dests, prog)
+    args = _rename_argv(args, dests, prog, aliases)
     explicit: set[str] = set()
     if config_path is not None:
         if not os.path.isfile(config_path):
@@ -206,7 +211,7 @@ def parse_args(parser, argv: Sequence[str], prog: str):
             strip_global_options(["--num_threads", str(config.pop("num_threads"))])
         renamed = {}
         for key, value in config.items():
-            dest = resolve_name(str(key), dests, prog) if key not in dests else str(key)
+            dest = resolve_name(str(key), dests, prog, aliases) if key not in dests else str(key)
             if dest not in dests:
                 raise UsageError(f"unrecognised key `{key}` in config file {config_path}{_suggest(str(key), dests)}")
             renamed[dest] = value
@@ -275,7 +280,7 @@ def run_command(prog: str, fn: Callable[[], object]) -> int:
 
 def command_main(prog: str, argv: Sequence[str] | None, make_parser: Callable, run: Callable,
                  help_groups: Sequence[tuple[str, str]] = (), inherited: str = "",
-                 common: Sequence[tuple[str, str]] = ()) -> int:
+                 common: Sequence[tuple[str, str]] = (), aliases: dict[str, str] | None = None) -> int:
     """The whole ``main`` of a dataclass-configured command: fast help, parse, run, errors."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if "-h" in argv or "--help" in argv:
@@ -290,7 +295,7 @@ def command_main(prog: str, argv: Sequence[str] | None, make_parser: Callable, r
     holder: dict = {}
 
     def _parse_and_run():
-        holder["args"] = parse_args(make_parser(), argv, prog)
+        holder["args"] = parse_args(make_parser(), argv, prog, aliases)
         return run(*holder["args"])
 
     return run_command(prog, _parse_and_run)

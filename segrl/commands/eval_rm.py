@@ -32,12 +32,12 @@ from segrl.rm._cli import quiet_transformers, resolve_device
 class EvalRMConfig:
     """Options of ``segrl eval-rm`` (flags, or keys of the ``--config`` YAML file)."""
 
-    dataset: Optional[str] = field(
+    dataset_name: Optional[str] = field(
         default=None, metadata={"help": "Held-out data (builtin:NAME, .jsonl/.json/.csv/.parquet file, save_to_disk "
                                         "directory or Hub id): preference pairs, or TRL stepwise-supervision rows "
                                         "(credit only). Required."})
-    rm_path: Optional[str] = field(default=None, metadata={"help": "Directory of the trained segment RM."})
-    dataset_split: str = field(default="test", metadata={"help": "Split to use when `dataset` is a Hub id."})
+    reward_model_path: Optional[str] = field(default=None, metadata={"help": "Directory of the trained segment RM."})
+    dataset_test_split: str = field(default="test", metadata={"help": "Split to use when `dataset_name` is a Hub id."})
     max_pairs: Optional[int] = field(default=None, metadata={"help": "Evaluate only the first N pairs."})
     batch_size: int = field(default=8, metadata={"help": "Rows per forward pass."})
     max_length: Optional[int] = field(
@@ -45,14 +45,14 @@ class EvalRMConfig:
         metadata={"help": "Drop pairs whose prompt + response is longer (tokens); reported as n_filtered."},
     )
     output_json: Optional[str] = field(
-        default=None, metadata={"help": "Where to write the results (default: <rm_path>/eval_results.json)."}
+        default=None, metadata={"help": "Where to write the results (default: <reward_model_path>/eval_results.json)."}
     )
-    reference_model: Optional[str] = field(
+    ref_model_name_or_path: Optional[str] = field(
         default=None, metadata={"help": "Override the reference model stored with the RM (path or Hub id)."}
     )
     token_reward_source: str = field(
         default="segment_rm",
-        metadata={"help": "Token rewards whose credit is measured: segment_rm (the RM at rm_path), implicit "
+        metadata={"help": "Token rewards whose credit is measured: segment_rm (the RM at reward_model_path), implicit "
                           "(beta * (log pi - log pi_ref) of implicit_policy / implicit_ref) or columns "
                           "(chosen_token_rewards / rejected_token_rewards of the data)."},
     )
@@ -87,7 +87,7 @@ def make_parser():
 def parse_config(argv: list[str]) -> EvalRMConfig:
     from segrl.commands._common import parse_args
 
-    (cfg,) = parse_args(make_parser(), argv, "segrl eval-rm")
+    (cfg,) = parse_args(make_parser(), argv, "segrl eval-rm", ALIASES)
     return cfg
 
 
@@ -98,20 +98,20 @@ def check_inputs(cfg: EvalRMConfig):
 
     validate(cfg)
     if cfg.token_reward_source == "segment_rm":
-        check_model_path(cfg.rm_path, "reward_model_path")
-    check_model_path(cfg.reference_model, "ref_model_name_or_path", required=False)
+        check_model_path(cfg.reward_model_path, "reward_model_path")
+    check_model_path(cfg.ref_model_name_or_path, "ref_model_name_or_path", required=False)
     check_model_path(cfg.implicit_policy, "implicit_policy", required=False)
     check_model_path(cfg.implicit_ref, "implicit_ref", required=False)
     check_model_path(cfg.tokenizer_name_or_path, "tokenizer_name_or_path", required=False)
-    if not cfg.dataset:
+    if not cfg.dataset_name:
         raise ValueError("`dataset_name` is required (held-out preference pairs or stepwise rows)")
-    dataset = load_data(cfg.dataset, cfg.dataset_split, arg="dataset_name")
+    dataset = load_data(cfg.dataset_name, cfg.dataset_test_split, arg="dataset_name")
     if {"chosen", "rejected"} & set(dataset.column_names) or "completions" not in dataset.column_names:
         dataset, _ = check_preference_data(dataset, "dataset_name", drop_empty=cfg.drop_empty)
         if cfg.max_length is not None and cfg.token_reward_source == "segment_rm":
             from transformers import AutoTokenizer
 
-            check_length_filter(dataset, AutoTokenizer.from_pretrained(cfg.rm_path), cfg.max_length,
+            check_length_filter(dataset, AutoTokenizer.from_pretrained(cfg.reward_model_path), cfg.max_length,
                                 data_arg="dataset_name", mode="pair")
     else:
         dataset, _ = check_stepwise_data(dataset, "dataset_name")
@@ -125,7 +125,7 @@ def validate(cfg: EvalRMConfig) -> None:
     sources = ("segment_rm", "implicit", "columns")
     if cfg.token_reward_source not in sources:
         raise ValueError(f"`token_reward_source` must be one of {sources}, got {cfg.token_reward_source!r}")
-    if cfg.token_reward_source == "segment_rm" and not cfg.rm_path:
+    if cfg.token_reward_source == "segment_rm" and not cfg.reward_model_path:
         raise ValueError("`reward_model_path` is required with token_reward_source=segment_rm")
     if cfg.token_reward_source == "implicit" and not (cfg.implicit_policy and cfg.implicit_ref):
         raise ValueError("token_reward_source=implicit needs `implicit_policy` and `implicit_ref`")
@@ -157,8 +157,8 @@ def run(cfg: EvalRMConfig) -> dict:
     if cfg.token_reward_source == "segment_rm":
         from segrl.rm.model import SegmentRewardModel
 
-        rm = SegmentRewardModel.from_pretrained(cfg.rm_path, reference_model=cfg.reference_model, device=device)
-        output = Path(cfg.output_json) if cfg.output_json else Path(cfg.rm_path) / "eval_results.json"
+        rm = SegmentRewardModel.from_pretrained(cfg.reward_model_path, reference_model=cfg.ref_model_name_or_path, device=device)
+        output = Path(cfg.output_json) if cfg.output_json else Path(cfg.reward_model_path) / "eval_results.json"
         if pairs:
             result = evaluate_pairwise(rm, dataset, batch_size=cfg.batch_size, max_pairs=cfg.max_pairs,
                                        max_length=cfg.max_length, progress=cfg.progress,
@@ -183,13 +183,13 @@ def run(cfg: EvalRMConfig) -> dict:
             if tokenizer is None:
                 raise ValueError("token_reward_source=columns needs `tokenizer_name_or_path` (the tokenizer the "
                                  "reward columns were computed with)")
-        local = Path(cfg.dataset.split(",")[0])
+        local = Path(cfg.dataset_name.split(",")[0])
         output = Path(cfg.output_json) if cfg.output_json else (
             local.with_suffix(".credit.json") if local.is_file() else Path("credit_results.json"))
         credit = evaluate_credit(source, dataset, tokenizer, **credit_kwargs)
         result = {"token_reward_source": cfg.token_reward_source}
     if credit is None and (not pairs or cfg.token_reward_source != "segment_rm"):
-        raise ValueError(f"`dataset` {cfg.dataset!r} carries no token labels (see --credit_labels) and no preference "
+        raise ValueError(f"`dataset_name` {cfg.dataset_name!r} carries no token labels (see --credit_labels) and no preference "
                          "pairs: nothing to evaluate")
     if credit is not None:
         result["credit"] = credit
@@ -203,6 +203,8 @@ def run(cfg: EvalRMConfig) -> dict:
 
 
 HELP_GROUPS = [("eval-rm", "segrl.commands.eval_rm:EvalRMConfig")]
+#: This command's own old flag names (the shared ones are in segrl.commands._common.CONCEPTS).
+ALIASES = {"dataset_split": "dataset_test_split"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -213,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         quiet_transformers()
         return run(cfg)
 
-    return command_main("segrl eval-rm", argv, make_parser, _run, HELP_GROUPS)
+    return command_main("segrl eval-rm", argv, make_parser, _run, HELP_GROUPS, aliases=ALIASES)
 
 
 if __name__ == "__main__":

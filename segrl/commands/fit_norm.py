@@ -4,7 +4,7 @@ Scores the chosen and rejected responses of ``--n_pairs`` preference pairs (shuf
 with the trained RM, collects ``(p_k = k / K, r_k)`` for every segment (``r_k`` in ``--reward_form``:
 the value at the segment's end, or its change since the previous segment's end), fits
 ``mu(p) = a_mu ln p + b_mu`` and ``sigma(p) = a_sigma ln p + b_sigma`` (Huber regression on bucket
-means / stds, SPEC §2), writes the coefficients into ``<rm_path>/config.json`` (or a copy of the RM
+means / stds, SPEC §2), writes the coefficients into ``<reward_model_path>/config.json`` (or a copy of the RM
 in ``--output_dir``), and draws the fit to ``--plot_path``.
 
 Examples::
@@ -32,12 +32,12 @@ from segrl.rm._cli import quiet_transformers, resolve_device
 class FitNormConfig:
     """Options of ``segrl fit-norm`` (flags, or keys of the ``--config`` YAML file)."""
 
-    rm_path: Optional[str] = field(
+    reward_model_path: Optional[str] = field(
         default=None, metadata={"help": "Directory of the trained segment RM (from `segrl train-rm`). Required."})
-    dataset: Optional[str] = field(
+    dataset_name: Optional[str] = field(
         default=None, metadata={"help": "Preference data (builtin:NAME, .jsonl/.json/.csv/.parquet file, save_to_disk "
                                         "directory or Hub id), TRL format. Required."})
-    dataset_split: str = field(default="train", metadata={"help": "Split to use when `dataset` is a Hub id."})
+    dataset_train_split: str = field(default="train", metadata={"help": "Split to use when `dataset_name` is a Hub id."})
     n_pairs: Optional[int] = field(
         default=None, metadata={"help": "Number of pairs to score (shuffled with --seed first); default: all."}
     )
@@ -51,7 +51,7 @@ class FitNormConfig:
     )
     output_dir: Optional[str] = field(
         default=None,
-        metadata={"help": "Save the RM with the fitted normaliser here instead of updating rm_path in place."},
+        metadata={"help": "Save the RM with the fitted normaliser here instead of updating reward_model_path in place."},
     )
     reward_form: Optional[str] = field(
         default=None,
@@ -59,7 +59,7 @@ class FitNormConfig:
                           "(change since the previous segment end); default: the RM's current form.",
                   "choices": ["value", "delta"]},
     )
-    reference_model: Optional[str] = field(
+    ref_model_name_or_path: Optional[str] = field(
         default=None, metadata={"help": "Override the reference model stored with the RM (path or Hub id)."}
     )
     device: str = field(default="auto", metadata={"help": "cpu, cuda, cuda:N, or auto."})
@@ -89,16 +89,16 @@ def check_inputs(cfg: FitNormConfig):
 
     from segrl.data_checks import check_length_filter, check_model_path, check_preference_data, load_data
 
-    check_model_path(cfg.rm_path, "reward_model_path")
-    check_model_path(cfg.reference_model, "ref_model_name_or_path", required=False)
+    check_model_path(cfg.reward_model_path, "reward_model_path")
+    check_model_path(cfg.ref_model_name_or_path, "ref_model_name_or_path", required=False)
     if cfg.n_pairs is not None and cfg.n_pairs < 1:
         raise ValueError(f"`n_pairs` must be >= 1, got {cfg.n_pairs}")
-    if not cfg.dataset:
+    if not cfg.dataset_name:
         raise ValueError("`dataset_name` is required (preference pairs to score)")
-    dataset = load_data(cfg.dataset, cfg.dataset_split, arg="dataset_name")
+    dataset = load_data(cfg.dataset_name, cfg.dataset_train_split, arg="dataset_name")
     dataset, _ = check_preference_data(dataset, "dataset_name", drop_empty=cfg.drop_empty)
     if cfg.max_length is not None:
-        check_length_filter(dataset, AutoTokenizer.from_pretrained(cfg.rm_path), cfg.max_length,
+        check_length_filter(dataset, AutoTokenizer.from_pretrained(cfg.reward_model_path), cfg.max_length,
                             data_arg="dataset_name", mode="pair")
     return dataset
 
@@ -114,16 +114,16 @@ def run(cfg: FitNormConfig) -> dict:
     if cfg.reward_form is not None:
         parse_reward_form(cfg.reward_form)
 
-    rm = SegmentRewardModel.from_pretrained(cfg.rm_path, reference_model=cfg.reference_model,
+    rm = SegmentRewardModel.from_pretrained(cfg.reward_model_path, reference_model=cfg.ref_model_name_or_path,
                                             device=resolve_device(cfg.device))
-    out_dir = Path(cfg.output_dir or cfg.rm_path)
+    out_dir = Path(cfg.output_dir or cfg.reward_model_path)
     plot_path = Path(cfg.plot_path) if cfg.plot_path else out_dir / "normalizer_fit.png"
     fit = fit_normalizer(rm, dataset, n_pairs=cfg.n_pairs, batch_size=cfg.batch_size, max_length=cfg.max_length,
                          seed=cfg.seed, plot_path=plot_path, progress=cfg.progress, reward_form=cfg.reward_form)
     if cfg.output_dir:
         rm.save_pretrained(out_dir)
     else:
-        SegmentRewardModel.write_normalizer(cfg.rm_path, fit.coef, fit.reward_form)
+        SegmentRewardModel.write_normalizer(cfg.reward_model_path, fit.coef, fit.reward_form)
     summary = {
         "rm": str(out_dir),
         "threshold": "inf" if math.isinf(rm.threshold) else rm.threshold,
