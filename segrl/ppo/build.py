@@ -38,7 +38,7 @@ def build_ppo_trainer(args: SegmentPPOConfig) -> SegmentPPOTrainer:
     if rm.reference_model and not same_model_path(rm.reference_model, reference):
         warnings.warn(
             f"the RM was trained with segments from {rm.reference_model!r} but PPO segments with {reference!r}; "
-            "pass --reference_model to use the same one",
+            "pass --ref_model_name_or_path to use the same one",
             stacklevel=2,
         )
     policy = AutoModelForCausalLM.from_pretrained(args.policy)
