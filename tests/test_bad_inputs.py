@@ -202,3 +202,16 @@ def test_builtin_and_save_to_disk(tmp_path):
     assert load_data(str(tmp_path / "disk"))["chosen"] == [r["chosen"] for r in PREFS]
     with pytest.raises(ValueError, match="unknown built-in data set"):
         load_data("builtin:nope")
+
+
+def test_dpo_reward_model_path_implies_the_segment_rm_source(model_dir, tmp_path, capsys):
+    """`--reward_model_path` without `--token_reward_source`: the segment RM is the source (said once);
+    a missing RM path is then the named error, still before any model load."""
+    data = _write_data(tmp_path, PREFS)
+    args = _command_args("dpo", model_dir, data, str(tmp_path / "out"))
+    args = args[:args.index("--mask_type")] + ["--reward_model_path", str(tmp_path / "no_rm")]
+    assert main(["dpo", *args]) == 2
+    err = capsys.readouterr().err
+    assert "token_reward_source=segment_rm" in err
+    assert f"`reward_model_path`: no such file or directory: {tmp_path / 'no_rm'}" in err
+    assert not (tmp_path / "out").exists()

@@ -80,6 +80,16 @@ def check_inputs(script_args: DPOScriptArguments, training_args, model_args):
     check_model_path(model_args.model_name_or_path, "model_name_or_path")
     check_model_path(script_args.ref_model_name_or_path, "ref_model_name_or_path", required=False)
     check_model_path(script_args.tokenizer_name_or_path, "tokenizer_name_or_path", required=False)
+    if training_args.mask_type != "none" and training_args.token_reward_source == "columns":
+        # The default source reads dataset columns; a reward model (or an implicit pair) given without
+        # --token_reward_source means that source.
+        inferred = ("segment_rm" if training_args.token_reward_model else
+                    "implicit" if training_args.implicit_policy and training_args.implicit_ref else None)
+        if inferred:
+            training_args.token_reward_source = inferred
+            print(f"segrl dpo: token_reward_source={inferred} (from the "
+                  f"{'reward_model_path' if inferred == 'segment_rm' else 'implicit_policy / implicit_ref'} given)",
+                  file=sys.stderr)
     source = training_args.token_reward_source
     if training_args.mask_type != "none":
         if source == "segment_rm":
