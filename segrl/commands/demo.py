@@ -109,8 +109,6 @@ def validate(cfg: DemoConfig) -> None:
         raise ValueError(f"`heatmap_prompts` must be >= 1, got {cfg.heatmap_prompts}")
     if cfg.heatmap_prompts > cfg.eval_test:
         raise ValueError(f"`heatmap_prompts` ({cfg.heatmap_prompts}) must be <= `eval_test` ({cfg.eval_test})")
-    if not cfg.asr_delta >= 0:
-        raise ValueError(f"`asr_delta` must be >= 0, got {cfg.asr_delta}")
     cfg.stage_settings()  # validates every stage's options
 
 

@@ -15,6 +15,7 @@ from segrl.pipeline.settings import (
     PPOSettings,
     RMSettings,
     RSSettings,
+    asr_default,
 )
 from segrl.pipeline.sft import PACKAGED_SFT, SFTSettings
 
@@ -57,12 +58,15 @@ class PipelineOptions:
     dpo_batch_size: int = _f(32, "DPO batch size (pairs).")
     dpo_learning_rate: float = _f(1e-5, "DPO learning rate (constant after warm-up).")
     dpo_beta: float = _f(0.1, "DPO beta.")
-    asr_baseline: str = _f("sequence_mean",
+    asr_baseline: str = _f(asr_default("asr_baseline"),
                            "ASR baseline for learned token rewards: sequence_mean (each response keeps its better / "
                            "worse than own-average segments; removes the sequence-level offset RM token rewards "
-                           "carry), batch_mean (the library default), zero or a number. The oracle always uses zero.")
-    asr_delta: float = _f(0.05, "ASR hysteresis half-width (at 0 the ASR mask equals the token-wise one whenever "
-                                "rewards have no ties).")
+                           "carry), batch_mean, position_mean, zero or a number. The oracle always uses zero.")
+    asr_delta: str = _f(asr_default("asr_delta"),
+                        "ASR hysteresis half-width: 'auto' (the asr_delta_quantile quantile of |r - b| over the "
+                        "training token rewards) or a number >= 0 (at 0 the ASR mask equals the token-wise one "
+                        "whenever rewards have no ties).")
+    asr_delta_quantile: float = _f(asr_default("asr_delta_quantile"), "Quantile q in [0, 1] of asr_delta='auto'.")
     # PPO
     ppo_iterations: int = _f(50, "PPO rollout-and-update iterations per run.")
     ppo_rollout_batch_size: int = _f(32, "Prompts per PPO rollout.")
@@ -81,6 +85,14 @@ class PipelineOptions:
     eval_checkpoints: int = _f(5, "Dev evaluations per run, evenly spaced.")
     num_threads: int = _f(1, "torch intra-op threads (1 is fastest for these tiny models on a shared machine).")
 
+    def __post_init__(self):
+        from segrl.asr_options import parse_delta
+
+        try:  # "0.05" from a flag is the number 0.05; a bad value is reported by stage_settings(), naming it
+            self.asr_delta = parse_delta(self.asr_delta)
+        except ValueError:
+            pass
+
     def sft_settings(self) -> SFTSettings:
         from dataclasses import replace
 
@@ -91,9 +103,6 @@ class PipelineOptions:
 
     def stage_settings(self) -> dict:
         """The per-stage settings (validated by their own ``__post_init__``)."""
-        from segrl.ops import parse_baseline
-
-        parse_baseline(self.asr_baseline, "asr_baseline")
         return dict(
             sft=self.sft_settings(),
             pairs=PairSettings(source=self.pair_source, n_prompts=self.pair_prompts,
@@ -103,7 +112,8 @@ class PipelineOptions:
                           reward_form=self.rm_reward_form),
             dpo=DPOSettings(steps=self.dpo_steps, batch_size=self.dpo_batch_size,
                             learning_rate=self.dpo_learning_rate, beta=self.dpo_beta,
-                            asr_baseline=str(self.asr_baseline), asr_delta=self.asr_delta),
+                            asr_baseline=str(self.asr_baseline), asr_delta=self.asr_delta,
+                            asr_delta_quantile=self.asr_delta_quantile),
             ppo=PPOSettings(iterations=self.ppo_iterations, rollout_batch_size=self.ppo_rollout_batch_size,
                             mini_batch_size=self.ppo_mini_batch_size, learning_rate=self.ppo_learning_rate,
                             critic_learning_rate=self.ppo_critic_learning_rate, kl_coef=self.ppo_kl_coef),

@@ -9,7 +9,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
+
+from segrl.asr_options import ASRArguments, parse_delta
 
 __all__ = [
     "DPO_METHODS",
@@ -23,8 +25,15 @@ __all__ = [
     "PairSettings",
     "RMSettings",
     "RSSettings",
+    "asr_default",
     "settings_key",
 ]
+
+
+def asr_default(name: str):
+    """The default of an ASR option (``asr_baseline``, ``asr_delta``, ...): :class:`ASRArguments` is the one
+    place the ASR defaults are set, for the trainers, the CLI and the pipeline alike."""
+    return {f.name: f.default for f in fields(ASRArguments)}[name]
 
 
 def settings_key(*parts) -> str:
@@ -86,21 +95,40 @@ class RMSettings:
 
 @dataclass(frozen=True)
 class DPOSettings:
-    """ASR-DPO / DPO runs (:class:`segrl.dpo.ASRDPOTrainer`)."""
+    """ASR-DPO / DPO runs (:class:`segrl.dpo.ASRDPOTrainer`), and the ASR options every family of the
+    pipeline shares (defaults: :class:`segrl.asr_options.ASRArguments`'s)."""
 
     steps: int = 100
     batch_size: int = 32
     learning_rate: float = 1e-5
     beta: float = 0.1
     loss_type: str = "sigmoid"
-    asr_baseline: str = "sequence_mean"
-    asr_delta: float = 0.05
+    asr_baseline: str = asr_default("asr_baseline")
+    asr_delta: str | float = asr_default("asr_delta")
+    asr_delta_quantile: float = asr_default("asr_delta_quantile")
     warmup_steps: int = 10
     implicit_beta: float = 0.1
 
     def __post_init__(self):
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError("`dpo_steps` and `dpo_batch_size` must be >= 1")
+        # The trainers' own checks, so a bad value fails before any stage runs; "0.05" becomes 0.05.
+        checked = ASRArguments(asr_baseline=self.asr_baseline, asr_delta=self.asr_delta,
+                               asr_delta_quantile=self.asr_delta_quantile)
+        object.__setattr__(self, "asr_delta", checked.asr_delta)
+        object.__setattr__(self, "asr_delta_quantile", checked.asr_delta_quantile)
+
+    def asr_key(self, baseline: str | None = None) -> tuple:
+        """What a masked method's result depends on among the ASR options (its cache key part):
+        the baseline (``baseline`` overrides the configured one), the delta and, for ``"auto"``, its quantile."""
+        parts = (baseline or self.asr_baseline, self.asr_delta)
+        return parts + (self.asr_delta_quantile,) if self.asr_delta == "auto" else parts
+
+    def without_asr(self) -> DPOSettings:
+        """These settings with the ASR options blanked (what plain DPO's result depends on)."""
+        from dataclasses import replace
+
+        return replace(self, asr_baseline="zero", asr_delta=0.0, asr_delta_quantile=0.0)
 
 
 @dataclass(frozen=True)

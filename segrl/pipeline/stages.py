@@ -306,16 +306,14 @@ class Pipeline:
         return self.seed_dir(seed) / method
 
     def method_key(self, seed: int, method: str) -> str:
-        from dataclasses import replace
-
         spec = METHODS[method]
         family_settings = {"dpo": self.dpo_settings, "ppo": self.ppo_settings, "rs": self.rs_settings}[spec.family]
         if spec.family == "dpo":
             # The ASR options enter below, for masked methods only (plain DPO does not depend on them).
-            family_settings = replace(family_settings, asr_baseline="-", asr_delta=0.0)
+            family_settings = family_settings.without_asr()
         upstream = [self.pairs_key(seed), self._eval_key]
         if spec.mask != "none":
-            upstream += [spec.baseline or self.dpo_settings.asr_baseline, self.dpo_settings.asr_delta]
+            upstream += list(self.dpo_settings.asr_key(spec.baseline))
         if spec.rm_arm:
             upstream.append(self.rm_key(seed, spec.rm_arm))
         upstream += [self.method_key(seed, n) for n in spec.needs]

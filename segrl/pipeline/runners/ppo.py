@@ -27,7 +27,8 @@ def run(pipeline, seed: int, spec, out: Path, sft: dict):
         mini_batch_size=s.mini_batch_size, ppo_epochs=s.ppo_epochs, max_new_tokens=s.max_new_tokens,
         temperature=s.temperature, learning_rate=s.learning_rate * spec.lr_scale,
         critic_learning_rate=s.critic_learning_rate, kl_coef=s.kl_coef, asr=spec.mask == "asr",
-        asr_baseline=spec.baseline or asr.asr_baseline, asr_delta=asr.asr_delta, use_cpu=True, seed=seed,
+        asr_baseline=spec.baseline or asr.asr_baseline, asr_delta=asr.asr_delta,
+        asr_delta_quantile=asr.asr_delta_quantile, use_cpu=True, seed=seed,
         logging_steps=1,
     )
     tracker = pipeline.new_tracker(s.iterations, sft)
