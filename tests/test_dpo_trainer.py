@@ -445,3 +445,25 @@ def test_position_mean_baseline_follows_the_ops(tiny):
     for i, k in enumerate(keep):
         start = len(trainer.train_dataset[i % BATCH]["prompt_ids"])
         assert torch.equal(captured[0][i, start - 1: start - 1 + len(k)] != 0, k), i
+
+
+def test_sft_term_is_over_the_full_chosen_response(tiny):
+    """loss_type ["sigmoid", "sft"] with a partial mask: the masked DPO loss plus weight x the mean NLL of
+    every chosen token (not only the kept ones), computed by hand."""
+    beta, delta, weight = 0.1, 0.3, 0.5
+    trainer = _trainer(tiny, tiny[3], loss_type=["sigmoid", "sft"], loss_weights=[1.0, weight],
+                       asr_baseline="batch_mean", asr_delta=delta, beta=beta)
+    loss, _ = _loss_and_grads(trainer)
+    idx = list(range(BATCH))
+    keep = _expected_keep(trainer, idx, baseline="batch_mean", delta=delta)
+    assert any(not k[:].all() for k in keep[:BATCH]), "the test needs a partial chosen mask"
+    with torch.no_grad():
+        pol, _ = _manual_token_logps(trainer.model, trainer, idx)
+        ref, _ = _manual_token_logps(trainer.ref_model, trainer, idx)
+    ratios = torch.stack([((p - r) * k).sum() for p, r, k in zip(pol, ref, keep)])
+    dpo = -F.logsigmoid(beta * (ratios[:BATCH] - ratios[BATCH:])).mean()
+    nll = -torch.cat(pol[:BATCH]).mean()  # every chosen token, kept or dropped
+    assert loss.item() == pytest.approx((dpo + weight * nll).item(), rel=1e-5, abs=1e-6)
+    kept_nll = -torch.cat([p[k] for p, k in zip(pol[:BATCH], keep[:BATCH])]).mean()
+    assert abs((kept_nll - nll).item()) > 1e-3  # the two readings differ here, so the check above has teeth
+    assert trainer._metrics["eval"]["asr/sft_loss"] == [pytest.approx(nll.item(), rel=1e-5)]

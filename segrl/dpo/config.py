@@ -26,7 +26,9 @@ class ASRDPOConfig(ASRArguments, ResumeArguments, DPOConfig):
     `"position_mean"` baseline is resolved over all 2B rows of the batch (of every process), and
     `asr_delta="auto"` once, before the first step, over a seeded sample of at most 100k training
     tokens (logged as `asr/delta`). Loss types that divide by the completion length
-    (`ipo`, `sigmoid_norm`, the `sft` term, WPO weights, `ld_alpha`) see the kept-token count.
+    (`ipo`, `sigmoid_norm`, WPO weights, `ld_alpha`) see the kept-token count. The `sft` term
+    (`loss_type=["sigmoid", "sft"]`, `loss_weights=[1.0, alpha]`: RPO's NLL on chosen) is the mean
+    NLL over *every* chosen token, kept or not (logged as `asr/sft_loss`).
 
     Parameters:
         > ASR mask

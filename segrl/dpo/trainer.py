@@ -143,6 +143,15 @@ class ASRDPOTrainer(CompleteCheckpointsMixin, DPOTrainer):
         if self._mask_options["kind"] == "stepwise":
             table = boundary_token_table(self._tokenizer, args.step_boundary_chars)
             self._boundary_table = table.to(self.accelerator.device)
+        # TRL's `sft` term would see the masked completion_mask (the kept chosen tokens only); with a mask
+        # it is taken out of TRL's loss list and added in `_compute_loss` over the full chosen response
+        # (an NLL anchor on what the policy should produce, as in RPO; docs/method.md#dpo).
+        self._sft_weight = 0.0
+        if self._needs_rewards and "sft" in self.loss_types:
+            pairs = list(zip(self.loss_types, self.loss_weights, strict=True))
+            self._sft_weight = sum(w for t, w in pairs if t == "sft")
+            self.loss_types = [t for t, _ in pairs if t != "sft"]
+            self.loss_weights = [w for t, w in pairs if t != "sft"]
         #: The resolved hysteresis half-width (``None`` when the mask has no hysteresis), logged as `asr/delta`.
         self.asr_delta = None
         if self._mask_options["kind"] == "asr":
@@ -439,7 +448,29 @@ class ASRDPOTrainer(CompleteCheckpointsMixin, DPOTrainer):
             inputs["ref_chosen_logps"], inputs["ref_rejected_logps"] = self._masked_ref_sums(ref_token_logps,
                                                                                             kept.keep)
         self._log_mask_metrics(kept, span.mask, n_pairs)
-        return super()._compute_loss(model, inputs, return_outputs)
+        result = super()._compute_loss(model, inputs, return_outputs)
+        if not self._sft_weight:
+            return result
+        sft = self._sft_weight * self._chosen_nll(model, inputs, completion_mask)
+        return (result[0] + sft, result[1]) if return_outputs else result + sft
+
+    def _chosen_nll(self, model, inputs, completion_mask: torch.Tensor) -> torch.Tensor:
+        """TRL's `sft` term over every token of the chosen responses, whatever the keep mask: the mean
+        negative log-likelihood of the batch's chosen completion tokens (one extra forward on the B
+        chosen rows). Logged as `asr/sft_loss`.
+
+        Args:
+            completion_mask: the unmasked completion mask of the batch. Shape: (2B, L).
+        """
+        n = completion_mask.shape[0] // 2
+        kwargs = {k: v[:n] for k, v in inputs.items() if k not in _TRL_NON_MODEL_KEYS and torch.is_tensor(v)}
+        labels = kwargs["input_ids"].masked_fill(completion_mask[:n] == 0, -100)
+        outputs = model(**kwargs, labels=labels, use_cache=False, fused_lm_head=True)
+        mask = completion_mask[:n, 1:].bool()
+        nll = -outputs.log_probs[:, -mask.shape[1]:][mask].mean()
+        mode = "train" if self.model.training else "eval"
+        self._metrics[mode]["asr/sft_loss"].append(self.accelerator.gather(nll.detach()).mean().item())
+        return nll
 
     def _on_the_fly_rewards(self, input_ids: torch.Tensor, span) -> torch.Tensor:
         """Score the batch's own (truncated) completions with the segment RM. Shape: (2B, R)."""
