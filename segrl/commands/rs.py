@@ -7,7 +7,7 @@ flag and a YAML key; flags override the YAML.
 Examples::
 
     segrl rs --config examples/configs/rs_asr.yaml
-    segrl rs --model_name_or_path out/sft --dataset_name prompts.jsonl --reward_model out/segment-rm \\
+    segrl rs --model_name_or_path out/sft --dataset_name prompts.jsonl --reward_model_path out/segment-rm \\
         --num_candidates 8 --output_dir out/asr-rs
     segrl rs --model_name_or_path out/sft --candidates_file cands.jsonl --mask_type none --output_dir out/rs
 """

@@ -1,9 +1,10 @@
 """``segrl train-rm``: train a segment-level reward model (arXiv 2501.02790) with TRL.
 
 Options are those of TRL's ``trl reward`` script (``ScriptArguments``, ``RewardConfig``,
-``ModelConfig``) plus ``SegmentRewardConfig``'s ``segment_threshold``, ``reference_model``,
-``entropy_batch_size``. ``--dataset_name`` is a local ``.jsonl`` / ``.json`` / ``.parquet`` file or a
-Hub id, in TRL's preference format (``prompt`` / ``chosen`` / ``rejected``, standard or
+``ModelConfig``) plus ``SegmentRewardConfig``'s ``segment_threshold``, ``reference_model`` (flag
+``--ref_model_name_or_path``), ``entropy_batch_size``. ``--dataset_name`` is ``builtin:tiny_prefs``, local
+``.jsonl`` / ``.json`` / ``.csv`` / ``.parquet`` file(s), a ``save_to_disk`` directory or a Hub id, in TRL's
+preference format (``prompt`` / ``chosen`` / ``rejected``, standard or
 conversational).
 
 Examples::
