@@ -233,7 +233,7 @@ def _check_rows(ds, arg: str, columns: Sequence[str], *, drop_empty: bool, promp
     empty_rows: list[int] = []
     empty_cols: dict[str, int] = {}
     for col in columns:
-        for i, value in enumerate(ds[col]):
+        for i, value in enumerate(_column_values(ds, col)):
             problem = _field_problem(value, prompt=col in prompt_columns)
             if problem is None:
                 continue
@@ -256,6 +256,12 @@ def _check_rows(ds, arg: str, columns: Sequence[str], *, drop_empty: bool, promp
     (log or _stderr)(f"segrl: dropped {len(bad)} of {len(ds)} rows of `{arg}` with an empty response ({counts}) "
                      "[--drop_empty]")
     return ds.select(keep), len(bad)
+
+
+def _column_values(ds, column: str, batch_size: int = 10_000):
+    """The values of one column, read a batch at a time (a large data set is never materialised whole)."""
+    for batch in ds.select_columns([column]).iter(batch_size=batch_size):
+        yield from batch[column]
 
 
 def _stderr(message: str) -> None:
@@ -284,7 +290,7 @@ def check_preference_data(ds, arg: str = "dataset_name", *, drop_empty: bool = F
                      "expected TRL preference data: `prompt` (optional), `chosen`, `rejected`")
     checked = ["chosen", "rejected"] + (["prompt"] if "prompt" in cols else [])
     if "prompt" in cols:
-        for i, value in enumerate(ds["prompt"]):
+        for i, value in enumerate(_column_values(ds, "prompt")):
             if value is None:
                 raise ValueError(f"`{arg}` row {i}: column `prompt` is null")
     ds, n_dropped = _check_rows(ds, arg, checked, drop_empty=drop_empty, prompt_columns=("prompt",), log=log)
