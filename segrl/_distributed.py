@@ -27,7 +27,9 @@ def global_baseline(accelerator, baseline, rewards: torch.Tensor, mask: torch.Te
 
 
 def global_auto_delta(accelerator, rewards: torch.Tensor, mask: torch.Tensor, baseline, quantile: float) -> float:
-    """``asr_delta="auto"`` over the valid tokens of the batches of *every* process (docs/method.md#baselines-and-delta).
+    """``asr_delta="auto"`` over the valid tokens of the batches of *every* process.
+
+    docs/method.md#baselines-and-delta: never per micro-batch or per rank.
 
     Exact, not an approximation: the rows of all processes are gathered (padded to a common width)
     and :func:`segrl.ops.resolve_delta` runs on their concatenation. Each row's baseline is

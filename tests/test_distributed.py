@@ -6,6 +6,9 @@ for 1 process, ``accelerate launch --multi_gpu --num_processes 2 ... `` with ``u
 per-step training loss and the logged global gradient norm (rtol 1e-4), the final parameters
 (atol 1e-4: AdamW), and the rows every step trained on.
 
+Also: the resolved ``asr_delta="auto"`` and the keep masks are the same for 1 and 2 processes and
+with gradient accumulation / mini-batches (DPO, PPO, GRPO).
+
 Cost: each launch is mostly start-up (imports ~7 s per process on 2 cores). The default run keeps one
 cheap pair (segment RM + ASR-DPO with a batch-mean trap, ~25-40 s); everything else is ``slow``.
 """
@@ -29,7 +32,8 @@ pytestmark = pytest.mark.skipif(shutil.which("accelerate", path=str(Path(sys.exe
                                 reason="the venv has no `accelerate` launcher")
 
 FAST_CASES = ["rm", "dpo_trap"]
-SLOW_CASES = ["rm_ga2", "dpo_seqmean_precompute", "dpo_segment_rm", "rs", "ppo", "grpo_zero", "grpo"]
+SLOW_CASES = ["rm_ga2", "dpo_seqmean_precompute", "dpo_segment_rm", "rs", "ppo", "grpo_zero", "grpo", "dpo_auto",
+              "dpo_auto_ga2", "ppo_mb2", "grpo_ga2"]
 DS_CASES = ["dpo_zero", "rm", "dpo_segment_rm"]
 HAS_DEEPSPEED = importlib.util.find_spec("deepspeed") is not None
 
@@ -102,7 +106,7 @@ def test_two_processes_match_one(runs, case):
 @pytest.mark.slow
 @pytest.mark.parametrize("case", [
     "rm_ga2", "dpo_seqmean_precompute", "dpo_segment_rm", "rs", "ppo", "grpo_zero",
-    "grpo",
+    "grpo", "dpo_auto", "dpo_auto_ga2", "grpo_ga2",
 ])
 def test_two_processes_match_one_slow(runs, case):
     runs.reference(SLOW_CASES)
@@ -124,6 +128,46 @@ def test_gradient_accumulation_is_the_same_global_batch(runs):
     runs.reference(["rm", "rm_ga2"])
     cmp = launch.compare("rm", runs.work / "p1", runs.work / "p1", other_case="rm_ga2")
     _assert_match(cmp)
+
+
+@pytest.mark.slow
+def test_auto_delta_and_masks_ignore_processes_and_accumulation(runs):
+    """asr_delta="auto" is resolved over the whole batch (DPO: the training set; PPO / GRPO: the rollout
+    of every rank), never per micro-batch: the resolved delta, the keep masks and the losses are the
+    same for 1 and 2 processes and with gradient accumulation (GRPO, DPO) or mini-batches (PPO)."""
+    runs.reference(SLOW_CASES)
+    one, two = runs.work / "p1", runs.get(SLOW_CASES, 2).out
+
+    def extra(out, case):
+        return json.loads((out / f"{case}.json").read_text())["extra"]
+
+    # gradient accumulation: the same global batch in 2 micro-steps (1 process; 1 vs 2 processes is above)
+    for base, variant in (("dpo_auto", "dpo_auto_ga2"), ("grpo", "grpo_ga2")):
+        _assert_match(launch.compare(base, one, one, other_case=variant))
+    delta = extra(one, "dpo_auto")["asr_delta"]
+    assert delta > 0 and all(extra(out, c)["asr_delta"] == delta for out in (one, two)
+                             for c in ("dpo_auto", "dpo_auto_ga2"))
+    # PPO / GRPO: per rollout, the same delta and the same mask of every row, whatever the launch
+    for base, variant in (("ppo", "ppo_mb2"), ("grpo", "grpo_ga2")):
+        ref = extra(one, base)
+        assert min(ref["asr_delta"]) > 0
+        for out in (one, two):
+            for case in (base, variant):
+                got = extra(out, case)
+                assert got["asr_delta"] == pytest.approx(ref["asr_delta"], rel=1e-9), (out, case)
+                assert got["masks"] == ref["masks"], (out, case)
+        # armed: a delta resolved on one rank's half of the rollout would differ
+        armed = ref["armed"]
+        assert all(abs(d - armed["delta"]) > 1e-3 for d in armed["delta_per_half"]), armed
+
+
+@pytest.mark.slow
+def test_harness_detects_a_per_rank_auto_delta(runs, monkeypatch):
+    """Re-create a per-rank "auto" delta in PPO: the 1 vs 2 process comparison must fail."""
+    runs.reference(["ppo"])
+    monkeypatch.setenv("SEGRL_DP_MUTATE", "local_auto_delta")
+    cmp = _check(runs, "ppo", runs.get(["ppo"], 2, tag="mutated-delta"), 2)
+    assert not cmp.losses_match and any("asr_delta DIFFERS" in n for n in cmp.notes), cmp.line()
 
 
 @pytest.mark.slow

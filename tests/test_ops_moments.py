@@ -75,7 +75,8 @@ def test_mean_and_whiten_hand_values_split_over_two_ranks():
     hook_a, hook_b, calls = two_rank_hooks(X[:1], M[:1], X[1:], M[1:])
     assert ops.masked_mean(X[:1], M[:1], all_reduce=hook_a).item() == pytest.approx(2.75)
     assert ops.masked_mean(X[1:], M[1:], all_reduce=hook_b).item() == pytest.approx(2.75)
-    w = torch.cat([ops.masked_whiten(X[:1], M[:1], all_reduce=hook_a), ops.masked_whiten(X[1:], M[1:], all_reduce=hook_b)])
+    w = torch.cat([ops.masked_whiten(X[:1], M[:1], all_reduce=hook_a),
+                   ops.masked_whiten(X[1:], M[1:], all_reduce=hook_b)])
     assert w.flatten().tolist() == pytest.approx(expected, rel=1e-6)
     # one collective per call, of the float64 moments [count, sum, sum of squares] of the local rows
     assert len(calls) == 4 and all(c.dtype == torch.float64 and c.shape == (3,) for c in calls)

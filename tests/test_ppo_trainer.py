@@ -236,6 +236,9 @@ def test_asr_options_fail_at_construction_and_asr_alias():
     assert SegmentPPOConfig().mask_type == "none"
     assert SegmentPPOConfig(asr=True).mask_type == "asr"
     assert SegmentPPOConfig(asr=False).mask_type == "none"
+    assert SegmentPPOConfig(asr=False, mask_type="tokenwise").mask_type == "tokenwise"  # an old YAML's `asr: false`
+    with pytest.raises(ValueError, match="asr"):
+        SegmentPPOConfig(asr=False, mask_type="asr")
     config = SegmentPPOConfig(asr_delta="0.25")
     assert config.asr_delta == 0.25 and (config.asr_baseline, SegmentPPOConfig().asr_delta) == ("sequence_mean", "auto")
 

@@ -198,6 +198,9 @@ class SegmentGRPOTrainer(CompleteCheckpointsMixin, GRPOTrainer):
         per_row = ops.masked_moments(seg_norm, seg_valid, dim=1).T  # (B, 3)
         grouped, local = self._gathered_groups(per_row)
         g = grouped.shape[1]
-        totals = grouped.sum(dim=1) if self.scale_rewards != "batch" else grouped.sum(dim=(0, 1)).expand(grouped.shape[0], 3)
+        if self.scale_rewards == "batch":
+            totals = grouped.sum(dim=(0, 1)).expand(grouped.shape[0], 3)
+        else:
+            totals = grouped.sum(dim=1)
         mean, std = ops.moments_mean_std(totals.T, unbiased=True)
         return mean.float().repeat_interleave(g)[local], std.float().repeat_interleave(g)[local]

@@ -148,7 +148,8 @@ def masked_whiten(values: torch.Tensor, mask: torch.Tensor | None = None, *, shi
     return torch.where(mask, whitened, torch.zeros_like(whitened))
 
 
-def resolve_global_baseline(rewards: torch.Tensor, mask: torch.Tensor, baseline, *, all_reduce: AllReduce | None = None):
+def resolve_global_baseline(rewards: torch.Tensor, mask: torch.Tensor, baseline, *,
+                            all_reduce: AllReduce | None = None):
     """An ASR baseline option with the batch-wide ones resolved over the batch of *every* rank.
 
     ``"batch_mean"`` becomes the float64 (B,) tensor of the global mean of the valid token rewards;

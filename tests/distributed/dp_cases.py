@@ -17,7 +17,8 @@ Usage (from the repository root)::
 
 ``--prepare`` builds the models under ``W/models`` (only in a single-process run); the others load them.
 
-Cases (see CASES): rm, dpo_trap, dpo_seqmean_precompute, dpo_sft_term, rs, ppo, grpo.
+Cases (see CASES): rm, dpo_trap, dpo_auto, dpo_seqmean_precompute, dpo_sft_term, rs, ppo, grpo, and
+gradient-accumulation / mini-batch variants (rm_ga2, dpo_auto_ga2, ppo_mb2, grpo_ga2).
 Generation-based trainers do not sample: PPO and GRPO get fixed rollouts through test hooks
 (PPO: ``_prompt_batch`` and the policy's ``generate``; GRPO: TRL's ``rollout_func``), RS reads a
 fixed candidates file. The losses and updates computed from those rollouts are the real code paths.
@@ -355,11 +356,13 @@ def _dpo_case(work: Path, out: Path, name: str, *, trap: bool, file_backed: bool
     result = {
         "world": trainer.accelerator.num_processes, "deepspeed": trainer.is_deepspeed_enabled,
         "losses": log_series(trainer, "loss")["loss"],
-        "strict": log_series(trainer, "grad_norm"),
+        "strict": {**log_series(trainer, "grad_norm"),
+                   **({"asr_delta": log_series(trainer, "asr/delta")["asr/delta"]} if trainer.asr_delta is not None
+                      else {})},
         "metrics": log_series(trainer, "rewards/margins", "asr/kept_token_fraction_chosen",
                               "asr/kept_token_fraction_rejected", "asr/baseline", "asr/fallbacks"),
         "batches": global_batches(rec.calls, STEPS, ga),
-        "extra": {"trap_tokens_differing_per_step": armed},
+        "extra": {"trap_tokens_differing_per_step": armed, "asr_delta": trainer.asr_delta},
     }
     write_result(out, name, result, trainer_state(trainer))
 
@@ -367,6 +370,15 @@ def _dpo_case(work: Path, out: Path, name: str, *, trap: bool, file_backed: bool
 def case_dpo_trap(work, out, name, ga: int = 1):
     """ASR-DPO, batch_mean baseline, sequential sampler, data whose global batch mean differs from each half's."""
     _dpo_case(work, out, name, trap=True, ga=ga, mask_type="asr", asr_baseline="batch_mean", asr_delta=0.2,
+              train_sampling_strategy="sequential", loss_type=["sigmoid"])
+
+
+def case_dpo_auto(work, out, name, ga: int = 1):
+    """ASR-DPO with the default options (sequence_mean baseline, asr_delta="auto": resolved once over a
+    seeded sample of the training set before the first step, never per micro-batch), sequential
+    sampler. ``ga=2`` (dpo_auto_ga2): the same global batch in 2 accumulation micro-steps; with a
+    row-local baseline the masks, the delta and the losses must equal dpo_auto's."""
+    _dpo_case(work, out, name, trap=True, ga=ga, mask_type="asr", asr_baseline="sequence_mean", asr_delta="auto",
               train_sampling_strategy="sequential", loss_type=["sigmoid"])
 
 
@@ -526,10 +538,17 @@ class DigitScore:
         return hits.cumsum(dim=1) / valid.cumsum(dim=1).clamp(min=1) * 4.0
 
 
-def case_ppo(work: Path, out: Path, name: str) -> None:
-    """ASR-PPO (batch_mean baseline on token rewards) on fixed rollouts; one mini-batch per rollout
-    (mini_batch_size == rollout_batch_size: with several mini-batches per rollout the shuffle is per
-    rank and the global mini-batches differ by design), two PPO epochs (the 2nd has ratio != 1)."""
+def mask_fingerprints(keep: torch.Tensor, mask: torch.Tensor) -> list[int]:
+    """One fingerprint per row of a keep mask (its flags over the row's valid tokens)."""
+    return [fingerprint(k[m].long().tolist()) for k, m in zip(keep.cpu(), mask.bool().cpu())]
+
+
+def case_ppo(work: Path, out: Path, name: str, mini_batches: int = 1) -> None:
+    """ASR-PPO (batch_mean baseline on token rewards, asr_delta="auto") on fixed rollouts; one
+    mini-batch per rollout (mini_batch_size == rollout_batch_size: with several mini-batches per
+    rollout the shuffle is per rank and the global mini-batches differ by design), two PPO epochs
+    (the 2nd has ratio != 1). ``mini_batches=2`` (case ppo_mb2): the same rollouts in two mini-batches,
+    whose ASR masks and resolved delta must equal the one-mini-batch run's (never per micro-batch)."""
     from transformers import AutoModelForCausalLM, AutoModelForTokenClassification
 
     from segrl import ops
@@ -560,9 +579,10 @@ def case_ppo(work: Path, out: Path, name: str) -> None:
             return self.prompt_ids[rank * local: (rank + 1) * local]
 
     args = SegmentPPOConfig(
-        output_dir=str(out / f"run-{name}"), num_iterations=2, rollout_batch_size=local, mini_batch_size=local,
-        ppo_epochs=2, max_new_tokens=16, learning_rate=3e-3, critic_learning_rate=3e-3, kl_coef=0.05, asr=True,
-        asr_baseline="batch_mean", use_cpu=True, seed=SEED,
+        output_dir=str(out / f"run-{name}"), num_iterations=2, rollout_batch_size=local,
+        mini_batch_size=local // mini_batches,
+        ppo_epochs=2, max_new_tokens=16, learning_rate=3e-3, critic_learning_rate=3e-3, kl_coef=0.05,
+        mask_type="asr", asr_baseline="batch_mean", asr_delta="auto", use_cpu=True, seed=SEED,
     )
     identity = ops.LocationNormalizerCoef(a_mu=0.0, b_mu=0.0, a_sigma=0.0, b_sigma=1.0)
     source = SegmentRewardSource(DigitScore(tok), threshold=THRESHOLD, normalizer=identity)
@@ -595,16 +615,23 @@ def case_ppo(work: Path, out: Path, name: str) -> None:
         r, mask = b["token_rewards"], b["response_mask"]
         seq = b["seq_rewards"]
         sign = torch.where(seq >= seq.mean(), 1, -1)
-        full = ops.asr_mask(r, mask, sign, baseline="batch_mean")
+        full = ops.asr_mask(r, mask, sign, baseline="batch_mean", delta="auto")
         h = r.shape[0] // 2
-        halves = torch.cat([ops.asr_mask(r[:h], mask[:h], sign[:h], baseline="batch_mean"),
-                            ops.asr_mask(r[h:], mask[h:], sign[h:], baseline="batch_mean")])
+        halves = torch.cat([ops.asr_mask(r[:h], mask[:h], sign[:h], baseline="batch_mean", delta="auto"),
+                            ops.asr_mask(r[h:], mask[h:], sign[h:], baseline="batch_mean", delta="auto")])
         armed = {"mask_tokens_differing": int((full != halves).sum()),
                  "kept_tokens_per_half": [int(full[:h].sum()), int(full[h:].sum())],
-                 "response_tokens_per_half": [int(mask[:h].sum()), int(mask[h:].sum())]}
+                 "response_tokens_per_half": [int(mask[:h].sum()), int(mask[h:].sum())],
+                 # "auto" resolved on a half (a per-rank delta) differs from the whole batch's
+                 "delta": ops.resolve_delta(r, mask, "batch_mean", "auto"),
+                 "delta_per_half": [ops.resolve_delta(r[:h], mask[:h], "batch_mean", "auto"),
+                                    ops.resolve_delta(r[h:], mask[h:], "batch_mean", "auto")]}
     per_rank = gather_objects([{k: h[k] for k in ("policy_loss", "value_loss", "clipfrac", "approx_kl")}
                                for h in history])
     local_keep = gather_objects([int(b["loss_mask"].sum()) for b in rollouts])
+    # per iteration, the keep-mask fingerprint of every row of every rank (rank order = prompt order)
+    per_rank_masks = gather_objects([mask_fingerprints(b["loss_mask"], b["response_mask"]) for b in rollouts])
+    masks = [[fp for rank in per_rank_masks for fp in rank[i]] for i in range(len(rollouts))]
     keys = ("policy_loss", "value_loss")
     mean_over_ranks = {k: [sum(r[i][k] for r in per_rank) / len(per_rank) for i in range(len(history))] for k in keys}
     state = None
@@ -618,13 +645,14 @@ def case_ppo(work: Path, out: Path, name: str) -> None:
         # their mean over ranks is the global loss.
         "losses": mean_over_ranks["policy_loss"],
         "strict": {"value_loss": mean_over_ranks["value_loss"], "policy_grad_norm": grad_norms[0::2],
-                   "critic_grad_norm": grad_norms[1::2]},
+                   "critic_grad_norm": grad_norms[1::2], "asr_delta": [h["asr/delta"] for h in history]},
         "metrics": {
                     "rank0_policy_loss": [h["policy_loss"] for h in history],
                     **{k: [h[k] for h in history] for k in ("reward", "kept_token_fraction", "segments_per_response",
                                                              "mean_segment_length", "kl")}},
         "batches": None,
-        "extra": {"armed": armed, "kept_tokens_per_rank_per_iteration": local_keep},
+        "extra": {"armed": armed, "kept_tokens_per_rank_per_iteration": local_keep, "masks": masks,
+                  "asr_delta": [h["asr/delta"] for h in history]},
     }
     write_result(out, name, result, state)
 
@@ -642,9 +670,10 @@ def _grpo_completion(prompt: str, j: int) -> str:
     return ["so", "the end", "it is", "we see it"][j]
 
 
-def case_grpo(work: Path, out: Path, name: str, baseline: str = "batch_mean") -> None:
-    """Dense segment GRPO with the ASR mask (batch_mean), fixed completions through TRL's rollout_func,
-    beta > 0 (reference KL), dapo loss (global token count)."""
+def case_grpo(work: Path, out: Path, name: str, baseline: str = "batch_mean", ga: int = 1) -> None:
+    """Dense segment GRPO with the ASR mask (batch_mean, asr_delta="auto"), fixed completions through
+    TRL's rollout_func, beta > 0 (reference KL), dapo loss (global token count). ``ga=2`` (grpo_ga2):
+    the same global generation batch in two accumulation micro-steps; masks and delta must not change."""
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
@@ -672,9 +701,9 @@ def case_grpo(work: Path, out: Path, name: str, baseline: str = "batch_mean") ->
         return {"prompt_ids": prompt_ids, "completion_ids": completion_ids, "logprobs": None}
 
     args = ready(SegmentGRPOConfig(
-        **common_args(str(out / f"run-{name}"), GLOBAL_ROLLOUTS, max_steps=2, learning_rate=3e-3),
-        num_generations=GRPO_GENERATIONS, max_completion_length=32, beta=0.04, asr=True, asr_baseline=baseline,
-        disable_dropout=True,
+        **common_args(str(out / f"run-{name}"), GLOBAL_ROLLOUTS, ga, max_steps=2, learning_rate=3e-3),
+        num_generations=GRPO_GENERATIONS, max_completion_length=32, beta=0.04, mask_type="asr",
+        asr_baseline=baseline, asr_delta="auto", disable_dropout=True,
     ))
     policy = AutoModelForCausalLM.from_pretrained(m / "policy")
     trainer = SegmentGRPOTrainer(policy, args=args, train_dataset=Dataset.from_list([{"prompt": p} for p in GRPO_PROMPTS]),
@@ -686,9 +715,15 @@ def case_grpo(work: Path, out: Path, name: str, baseline: str = "batch_mean") ->
     captured = []
     real = trainer._generate_and_score_completions
 
+    deltas, masks = [], []
+
     def capturing(inputs):
         out_ = real(inputs)
         captured.append(out_)
+        mode = "train" if trainer.model.training else "eval"
+        deltas.append(float(trainer._metrics[mode]["asr/delta"][-1]))
+        resp, _ = response_mask_from(out_["completion_ids"], tok.eos_token_id)
+        masks.append(mask_fingerprints(out_["tool_mask"].bool(), resp))
         return out_
 
     trainer._generate_and_score_completions = capturing
@@ -706,23 +741,28 @@ def case_grpo(work: Path, out: Path, name: str, baseline: str = "batch_mean") ->
         sc = seg.scores
         g = GRPO_GENERATIONS
         sign = torch.where(sc >= sc.view(-1, g).mean(1).repeat_interleave(g), 1, -1)
-        full = ops.asr_mask(padded, resp_mask, sign, baseline="batch_mean")
+        full = ops.asr_mask(padded, resp_mask, sign, baseline="batch_mean", delta="auto")
         h = padded.shape[0] // 2
-        halves = torch.cat([ops.asr_mask(padded[:h], resp_mask[:h], sign[:h], baseline="batch_mean"),
-                            ops.asr_mask(padded[h:], resp_mask[h:], sign[h:], baseline="batch_mean")])
+        halves = torch.cat([ops.asr_mask(padded[:h], resp_mask[:h], sign[:h], baseline="batch_mean", delta="auto"),
+                            ops.asr_mask(padded[h:], resp_mask[h:], sign[h:], baseline="batch_mean", delta="auto")])
         armed = {"mask_tokens_differing": int((full != halves).sum()),
+                 "delta": ops.resolve_delta(padded, resp_mask, "batch_mean", "auto"),
+                 "delta_per_half": [ops.resolve_delta(padded[:h], resp_mask[:h], "batch_mean", "auto"),
+                                    ops.resolve_delta(padded[h:], resp_mask[h:], "batch_mean", "auto")],
                  "global_baseline": float((padded * resp_mask).sum() / resp_mask.sum()),
                  "half_baselines": [float((padded[:h] * resp_mask[:h]).sum() / resp_mask[:h].sum()),
                                     float((padded[h:] * resp_mask[h:]).sum() / resp_mask[h:].sum())]}
     per_rank_seen = gather_objects(seen)
     batches = [[fp for rank in per_rank_seen for fp in rank[s]] for s in range(len(seen))]
+    per_rank_masks = gather_objects(masks)
+    masks = [[fp for rank in per_rank_masks for fp in rank[s]] for s in range(len(masks))]
     result = {
         "world": trainer.accelerator.num_processes, "deepspeed": trainer.is_deepspeed_enabled,
         "losses": log_series(trainer, "loss")["loss"],
-        "strict": log_series(trainer, "grad_norm"),
+        "strict": {**log_series(trainer, "grad_norm"), "asr_delta": deltas},
         "metrics": log_series(trainer, "kl", "kept_token_fraction", "segments_per_response", "reward"),
         "batches": batches,
-        "extra": {"armed": armed},
+        "extra": {"armed": armed, "masks": masks, "asr_delta": deltas},
     }
     write_result(out, name, result, trainer_state(trainer))
 
@@ -735,6 +775,8 @@ CASES = {
     # informational: batch_mean is resolved per MICRO-batch (of all processes), so gradient accumulation
     # changes the ASR mask while the number of processes does not (compare with "dpo_trap": differs)
     "dpo_trap_ga2": lambda work, out, name: case_dpo_trap(work, out, name, ga=2),
+    "dpo_auto": case_dpo_auto,
+    "dpo_auto_ga2": lambda work, out, name: case_dpo_auto(work, out, name, ga=2),
     "dpo_seqmean_precompute": case_dpo_seqmean_precompute,
     "dpo_precompute_inmemory": case_dpo_precompute_inmemory,
     "dpo_zero": case_dpo_zero,
@@ -742,7 +784,11 @@ CASES = {
     "dpo_sft_term": case_dpo_sft_term,
     "rs": case_rs,
     "ppo": case_ppo,
+    # the same rollouts in 2 mini-batches: the ASR masks and the "auto" delta must equal ppo's
+    "ppo_mb2": lambda work, out, name: case_ppo(work, out, name, mini_batches=2),
     "grpo": case_grpo,
+    # the same global generation batch as 2 accumulation micro-steps (compare with "grpo": must match)
+    "grpo_ga2": lambda work, out, name: case_grpo(work, out, name, ga=2),
     # the same with a row-local ("zero") baseline: isolates the batch_mean baseline as the only non-invariant part
     "grpo_zero": lambda work, out, name: case_grpo(work, out, name, baseline="zero"),
 }
@@ -755,6 +801,8 @@ def apply_mutations(spec: str) -> None:
       made global; ``dpo_trap`` must then DIFFER between 1 and 2 processes (the harness can see it).
     - ``grpo_global_baseline``: resolves GRPO's ASR batch_mean baseline over all processes (the fix
       proposed for segrl/grpo/trainer.py); ``grpo`` must then MATCH.
+    - ``local_auto_delta``: PPO / GRPO resolve ``asr_delta="auto"`` over each rank's own rows (a
+      per-rank delta); ``ppo`` must then DIFFER between 1 and 2 processes.
     - ``zero3_fix``: frozen helper models (the RM's reference, a saved segment RM) loaded unpartitioned
       under ZeRO-3 (the fix proposed for segrl/rm); ``rm`` / ``dpo_segment_rm`` then run under ZeRO-3.
     """
@@ -783,6 +831,15 @@ def apply_mutations(spec: str) -> None:
             proxy = types.SimpleNamespace(**{k: getattr(real_ops, k) for k in dir(real_ops) if not k.startswith("__")})
             proxy.asr_segments = asr_segments
             grpo_mod.ops = proxy
+        elif name == "local_auto_delta":
+            from segrl import ops
+            import segrl.grpo.trainer as grpo_mod
+            import segrl.ppo.trainer as ppo_mod
+
+            def local_auto_delta(accelerator, rewards, mask, baseline, quantile):
+                return ops.resolve_delta(rewards, mask, baseline, "auto", quantile)  # this rank's rows only
+
+            ppo_mod.global_auto_delta = grpo_mod.global_auto_delta = local_auto_delta
         elif name in ("rm_zero3_fix", "zero3_fix"):
             _patch_rm_zero3()
         else:
