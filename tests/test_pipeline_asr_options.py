@@ -53,3 +53,23 @@ def test_cache_keys_follow_the_asr_options(tmp_path):
     # The oracle's baseline is fixed at zero, so the configured baseline does not enter its key.
     assert base["asr_dpo_oracle"] == baseline["asr_dpo_oracle"]
     assert base["asr_dpo_oracle"] != quantile["asr_dpo_oracle"]
+
+
+def test_dpo_loss_of_each_method():
+    from segrl.pipeline.runners.dpo import loss_args
+    from segrl.pipeline.settings import METHODS
+
+    s = DPOSettings(beta=0.1)
+    assert loss_args(s, METHODS["asr_dpo_segrm"]) == {"beta": 0.1, "loss_type": ["sigmoid"]}
+    assert loss_args(s, METHODS["asr_dpo_segrm_norm"]) == {"beta": pytest.approx(1.0), "loss_type": ["sigmoid_norm"]}
+    assert loss_args(s, METHODS["asr_dpo_segrm_nll"]) == {"beta": 0.1, "loss_type": ["sigmoid", "sft"],
+                                                          "loss_weights": [1.0, 1.0]}
+    # The configured loss applies to every method without its own (the YAML's dpo_loss_type / dpo_sft_weight).
+    s2 = PipelineOptions(dpo_loss_type="sigmoid_norm", dpo_sft_weight=0.5).stage_settings()["dpo"]
+    assert loss_args(s2, METHODS["tokenwise_dpo_segrm"]) == {"beta": 0.1, "loss_type": ["sigmoid_norm", "sft"],
+                                                             "loss_weights": [1.0, 0.5]}
+    assert loss_args(s2, METHODS["asr_dpo_segrm_nll"])["loss_weights"] == [1.0, 1.0]
+    with pytest.raises(ValueError, match="dpo_loss_type"):
+        PipelineOptions(dpo_loss_type="ipo").stage_settings()
+    with pytest.raises(ValueError, match="dpo_sft_weight"):
+        PipelineOptions(dpo_sft_weight=-1.0).stage_settings()

@@ -58,6 +58,10 @@ class PipelineOptions:
     dpo_batch_size: int = _f(32, "DPO batch size (pairs).")
     dpo_learning_rate: float = _f(1e-5, "DPO learning rate (constant after warm-up).")
     dpo_beta: float = _f(0.1, "DPO beta.")
+    dpo_loss_type: str = _f("sigmoid", "DPO loss of every DPO-family method: 'sigmoid' (summed log-ratios) or "
+                                       "'sigmoid_norm' (averaged over the kept tokens).")
+    dpo_sft_weight: float = _f(0.0, "Weight of an NLL term on the full chosen response (TRL's 'sft' loss, RPO) added "
+                                    "to every DPO-family method; 0 = none.")
     asr_baseline: str = _f(asr_default("asr_baseline"),
                            "ASR baseline for learned token rewards: sequence_mean (each response keeps its better / "
                            "worse than own-average segments; removes the sequence-level offset RM token rewards "
@@ -112,6 +116,7 @@ class PipelineOptions:
                           reward_form=self.rm_reward_form),
             dpo=DPOSettings(steps=self.dpo_steps, batch_size=self.dpo_batch_size,
                             learning_rate=self.dpo_learning_rate, beta=self.dpo_beta,
+                            loss_type=self.dpo_loss_type, sft_weight=self.dpo_sft_weight,
                             asr_baseline=str(self.asr_baseline), asr_delta=self.asr_delta,
                             asr_delta_quantile=self.asr_delta_quantile),
             ppo=PPOSettings(iterations=self.ppo_iterations, rollout_batch_size=self.ppo_rollout_batch_size,

@@ -103,6 +103,7 @@ class DPOSettings:
     learning_rate: float = 1e-5
     beta: float = 0.1
     loss_type: str = "sigmoid"
+    sft_weight: float = 0.0  # > 0 adds TRL's `sft` term (NLL on the full chosen response, RPO) with this weight
     asr_baseline: str = asr_default("asr_baseline")
     asr_delta: str | float = asr_default("asr_delta")
     asr_delta_quantile: float = asr_default("asr_delta_quantile")
@@ -112,6 +113,10 @@ class DPOSettings:
     def __post_init__(self):
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError("`dpo_steps` and `dpo_batch_size` must be >= 1")
+        if self.loss_type not in ("sigmoid", "sigmoid_norm"):
+            raise ValueError(f"`dpo_loss_type` must be 'sigmoid' or 'sigmoid_norm', got {self.loss_type!r}")
+        if not self.sft_weight >= 0:
+            raise ValueError(f"`dpo_sft_weight` must be >= 0, got {self.sft_weight}")
         # The trainers' own checks, so a bad value fails before any stage runs; "0.05" becomes 0.05.
         checked = ASRArguments(asr_baseline=self.asr_baseline, asr_delta=self.asr_delta,
                                asr_delta_quantile=self.asr_delta_quantile)
@@ -204,6 +209,10 @@ class MethodSpec:
     needs: tuple[str, ...] = ()
     baseline: str | None = None  # overrides the configured ASR baseline (the oracle is centred at 0)
     lr_scale: float = 1.0  # multiplies the family's learning rate (a control for masked losses' larger steps)
+    # DPO loss overrides (the late-collapse defences): None keeps the configured dpo_loss_type / dpo_sft_weight.
+    loss_type: str | None = None
+    sft_weight: float | None = None
+    beta_scale: float = 1.0  # multiplies dpo_beta (sigmoid_norm averages the log-ratio: ~1/kept-count smaller)
 
 
 def _registry() -> dict[str, MethodSpec]:
@@ -218,6 +227,14 @@ def _registry() -> dict[str, MethodSpec]:
     specs += [
         m("asr_dpo_segrm_batchmean", "dpo", "ASR-DPO (segment RM, batch-mean baseline)", "asr", "segment_rm",
           "segment", baseline="batch_mean"),
+        # Defences against the late collapse of sparse-mask DPO (experiments/README.md#collapse-defences):
+        # the masked log-ratio averaged over the kept tokens (beta x 10: about the kept count), or an NLL
+        # term on the full chosen response (RPO, weight 1).
+        m("asr_dpo_segrm_norm", "dpo", "ASR-DPO (segment RM), log-ratio / kept tokens", "asr", "segment_rm", "segment",
+          loss_type="sigmoid_norm", beta_scale=10.0),
+        m("asr_dpo_segrm_nll", "dpo", "ASR-DPO (segment RM) + NLL on chosen", "asr", "segment_rm", "segment",
+          sft_weight=1.0),
+        m("dpo_nll", "dpo", "DPO + NLL on chosen", "none", sft_weight=1.0),
         m("asr_dpo_implicit", "dpo", "ASR-DPO (implicit reward of DPO)", "asr", "implicit", None, ("dpo",)),
         m("random_dpo", "dpo", "random token mask DPO (control)", "tokenwise", "random"),
         m("asr_dpo_oracle", "dpo", "ASR-DPO (oracle rewards, upper bound)", "asr", "oracle", baseline="zero"),

@@ -13,6 +13,17 @@ from segrl.pipeline.runners.common import mean, numeric_logs, quiet_trainer, ran
 REWARD_COLUMNS = ("chosen_token_rewards", "rejected_token_rewards")
 
 
+def loss_args(settings, spec) -> dict:
+    """The ``beta`` / ``loss_type`` / ``loss_weights`` of ASRDPOConfig for a method: the DPO settings,
+    overridden by the method's own loss (``spec.loss_type``, ``spec.sft_weight``, ``spec.beta_scale``)."""
+    loss_type = spec.loss_type or settings.loss_type
+    sft_weight = settings.sft_weight if spec.sft_weight is None else spec.sft_weight
+    out = {"beta": settings.beta * spec.beta_scale, "loss_type": [loss_type]}
+    if sft_weight:
+        out.update(loss_type=[loss_type, "sft"], loss_weights=[1.0, sft_weight])
+    return out
+
+
 def run(pipeline, seed: int, spec, out: Path, sft: dict):
     from datasets import Dataset
     from transformers import set_seed
@@ -32,7 +43,7 @@ def run(pipeline, seed: int, spec, out: Path, sft: dict):
     args = ASRDPOConfig(
         **trainer_common(out / "trainer", seed), max_steps=s.steps, per_device_train_batch_size=s.batch_size,
         learning_rate=s.learning_rate * spec.lr_scale, lr_scheduler_type="constant_with_warmup",
-        warmup_steps=s.warmup_steps, beta=s.beta, loss_type=[s.loss_type], mask_type=spec.mask,
+        warmup_steps=s.warmup_steps, **loss_args(s, spec), mask_type=spec.mask,
         asr_baseline=spec.baseline or s.asr_baseline, asr_delta=s.asr_delta, asr_delta_quantile=s.asr_delta_quantile,
         token_reward_source=source,
         token_reward_model=str(pipeline.rm_dir(seed, spec.rm_arm)) if spec.rm_arm else None,
