@@ -4,7 +4,8 @@ Scores the chosen and rejected responses of ``--n_pairs`` preference pairs (shuf
 with the trained RM, collects ``(p_k = k / K, r_k)`` for every segment (``r_k`` in ``--reward_form``:
 the value at the segment's end, or its change since the previous segment's end), fits
 ``mu(p) = a_mu ln p + b_mu`` and ``sigma(p) = a_sigma ln p + b_sigma`` (Huber regression on bucket
-means / stds, SPEC §2), writes the coefficients into ``<reward_model_path>/config.json`` (or a copy of the RM
+means / stds, docs/method.md#location-normalizer), writes the coefficients into
+``<reward_model_path>/config.json`` (or a copy of the RM
 in ``--output_dir``), and draws the fit to ``--plot_path``.
 
 Examples::
