@@ -318,3 +318,24 @@ def test_eval_rm_credit_on_trl_steps_and_other_sources(rm_env, tiny_rm_dir, tmp_
                         (["--token_reward_source", "oracle"], "token_reward_source")):
         assert main(["eval-rm", "--rm_path", tiny_rm_dir, "--dataset", data, "--device", "cpu", *flags]) == 2
         assert word in capsys.readouterr().err
+
+
+def test_bandit_rm_has_no_within_response_credit(rm_env):
+    """c = inf spreads one sequence score over every token: within-response AUC is exactly 0.5 and no
+    response has a drop to localise its first error with, whatever the weights."""
+    from transformers import AutoModelForSequenceClassification
+
+    from segrl.ops import LocationNormalizerCoef
+    from segrl.rm import SegmentRewardModel, evaluate_credit
+    from segrl.tasks import make_preference_pairs
+
+    torch.manual_seed(1)
+    model = AutoModelForSequenceClassification.from_pretrained(rm_env.init_dir, num_labels=1).eval()
+    with torch.no_grad():
+        model.score.weight.normal_(0, 1.0)
+    rm = SegmentRewardModel(model, rm_env.tokenizer, threshold=math.inf,
+                            normalizer=LocationNormalizerCoef(a_mu=0.0, b_mu=0.3, a_sigma=0.0, b_sigma=2.0))
+    credit = evaluate_credit(rm, make_preference_pairs(10, seed=4, tokenizer=rm_env.tokenizer))
+    assert credit["auc_within_response"] == 0.5 and credit["first_error_hit_rate"] == 0.0
+    assert credit["auc_within_response_chosen"] == 0.5 and credit["first_error_n"] > 0
+    assert credit["source"].startswith("reward model (c = inf, normalised)")
