@@ -119,9 +119,9 @@ class ASRArguments:
     )
 
     def __post_init__(self):
-        from segrl.hardware import cpu_safe_bf16
+        from segrl.hardware import resolve_trl_defaults
 
-        cpu_safe_bf16(self)  # before TRL's own check: an unset bf16 means "if the hardware has it"
+        resolve_trl_defaults(self)  # before TRL's checks: bf16 only where the hardware has it, ...
         parent = getattr(super(), "__post_init__", None)
         if parent is not None:  # the TRL config this is mixed into
             parent()

@@ -205,3 +205,24 @@ def test_viz_takes_asr_delta(capsys):
     assert "deprecated" not in capsys.readouterr().err
     assert parse_config(["--delta", "0.2", "--token_rewards_file", "x"]).delta == 0.2
     assert "`delta` is deprecated, use `asr_delta`" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("config", ["dpo", "rs", "rm"])
+def test_python_configs_choose_bf16_from_the_hardware_without_deprecation_noise(config, monkeypatch, tmp_path):
+    import warnings
+
+    import segrl.hardware as hardware
+
+    monkeypatch.setattr(hardware, "bf16_supported", lambda: False)  # a CPU-only machine
+    if config == "dpo":
+        from segrl.dpo import ASRDPOConfig as cls
+    elif config == "rs":
+        from segrl.rs import ASRRejectionSamplingConfig as cls
+    else:
+        from segrl.rm import SegmentRewardConfig as cls
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # transformers' gradient_checkpointing rename
+        args = cls(output_dir=str(tmp_path))
+    assert args.bf16 is False  # TRL alone would say True and fail on this machine
+    assert args.activation_checkpointing is True and args.gradient_checkpointing is True  # TRL's default kept
+    assert cls(output_dir=str(tmp_path), gradient_checkpointing=False).activation_checkpointing is False

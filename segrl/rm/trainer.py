@@ -120,9 +120,9 @@ class SegmentRewardConfig(ResumeArguments, RewardConfig):
             raise ValueError(f"`segment_target_length` must be a number >= 1 (tokens), got {target!r}")
         if self.entropy_batch_size < 1:
             raise ValueError(f"`entropy_batch_size` must be >= 1, got {self.entropy_batch_size}")
-        from segrl.hardware import cpu_safe_bf16
+        from segrl.hardware import resolve_trl_defaults
 
-        cpu_safe_bf16(self)  # an unset bf16 means "if the hardware has it" (TRL: always)
+        resolve_trl_defaults(self)  # before TRL's checks: bf16 only where the hardware has it, ...
         super().__post_init__()
 
 
