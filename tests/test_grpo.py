@@ -136,9 +136,11 @@ def test_group_std_is_unbiased_hand_values():
     assert std.tolist() == pytest.approx([math.sqrt(2.3)] * 4)
 
 
-def test_asr_mask_follows_the_sign_against_the_group_mean(rm_env, segment_rm, tmp_path):
+@pytest.mark.parametrize("mask_type", ["asr", "stepwise"])
+def test_asr_mask_follows_the_sign_against_the_group_mean(rm_env, segment_rm, tmp_path, mask_type):
     """Guards against: GRPO sequence sign flipped (a response scored above its group's mean keeps its
-    above-baseline tokens). The tool_mask must be segrl.ops.keep_mask with the hand-computed signs."""
+    above-baseline tokens). The tool_mask must be segrl.ops.keep_mask with the hand-computed signs
+    (for the ASR mask and, gained through keep_mask, the step-wise one)."""
     from datasets import Dataset
     from transformers import AutoModelForCausalLM
 
@@ -147,7 +149,7 @@ def test_asr_mask_follows_the_sign_against_the_group_mean(rm_env, segment_rm, tm
     policy = AutoModelForCausalLM.from_pretrained(rm_env.init_dir)
     args = SegmentGRPOConfig(
         output_dir=str(tmp_path), per_device_train_batch_size=8, num_generations=4, max_completion_length=8,
-        max_steps=1, mask_type="asr", beta=0.0, **TEST_ARGS,
+        max_steps=1, mask_type=mask_type, beta=0.0, step_boundary_chars="0123456789+=", **TEST_ARGS,
     )
     assert (args.asr_baseline, args.asr_delta) == ("sequence_mean", "auto")  # the new defaults
     prompts = Dataset.from_list([{"prompt": f"{a}+{a}="} for a in range(1, 5)])
@@ -163,11 +165,20 @@ def test_asr_mask_follows_the_sign_against_the_group_mean(rm_env, segment_rm, tm
     padded[:, : rewards.shape[1]] = rewards
     scores = seg.scores.view(2, 4)
     sign = torch.where(scores >= scores.mean(dim=1, keepdim=True), 1, -1).flatten()  # by hand, ties +1
-    expected = ops.keep_mask(padded, mask, sign, **args.mask_kwargs())
+    boundary = None
+    if mask_type == "stepwise":
+        from segrl.token_rewards import boundary_token_table
+
+        boundary = boundary_token_table(rm_env.tokenizer, "0123456789+=")[out["completion_ids"]] & mask
+    expected = ops.keep_mask(padded, mask, sign, is_boundary=boundary, **args.mask_kwargs())
     assert torch.equal(out["tool_mask"].bool(), expected.keep)
-    assert not torch.equal(ops.keep_mask(padded, mask, -sign, **args.mask_kwargs()).keep, expected.keep)  # armed
+    flipped = ops.keep_mask(padded, mask, -sign, is_boundary=boundary, **args.mask_kwargs())
+    assert not torch.equal(flipped.keep, expected.keep)  # armed
     logged = trainer._metrics["train" if trainer.model.training else "eval"]
-    assert logged["asr/delta"] == [pytest.approx(expected.delta)]
+    if mask_type == "asr":
+        assert logged["asr/delta"] == [pytest.approx(expected.delta)]
+    else:
+        assert (expected.segment_ids.max(dim=1).values > 0).any()  # some response has several steps
 
 
 def test_grpo_asr_options_fail_at_construction(tmp_path):
