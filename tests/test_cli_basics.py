@@ -113,13 +113,21 @@ def test_unexpected_errors_are_one_line_exit_1(monkeypatch, capsys):
 
 def test_deprecated_names_map_to_one_name_with_a_warning(capsys):
     (args,) = parse_args(_parser("ppo"), ["--policy", "p", "--reward_model", "r", "--dataset", "d"], "segrl ppo")
-    assert (args.policy, args.reward_model, args.dataset) == ("p", "r", "d")
+    assert (_field(args, "model_name_or_path", "policy"), _field(args, "reward_model_path", "reward_model"),
+            _field(args, "dataset_name", "dataset")) == ("p", "r", "d")
     err = capsys.readouterr().err
     for old, new in (("policy", "model_name_or_path"), ("reward_model", "reward_model_path"),
                      ("dataset", "dataset_name")):
         assert f"`{old}` is deprecated, use `{new}`" in err
     (args,) = parse_args(_parser("ppo"), ["--model_name_or_path", "p", "--ref_model_name_or_path", "q"], "segrl ppo")
-    assert (args.policy, args.reference_model) == ("p", "q") and "deprecated" not in capsys.readouterr().err
+    assert (_field(args, "model_name_or_path", "policy"), _field(args, "ref_model_name_or_path", "reference_model")) \
+        == ("p", "q")
+    assert "deprecated" not in capsys.readouterr().err
+
+
+def _field(args, *names):
+    """The value of the first of ``names`` the config has (PPO's fields are being renamed to the one names)."""
+    return next(getattr(args, n) for n in names if hasattr(args, n))
 
 
 def test_an_option_of_the_same_name_is_not_renamed(capsys):
@@ -143,14 +151,14 @@ def test_cpu_defaults_are_chosen_and_said(capsys, monkeypatch):
 def test_num_threads(monkeypatch):
     import torch
 
+    for var in ("SEGRL_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.delenv(var, raising=False)  # restored (absent) after the test
     before = torch.get_num_threads()
     try:
         parse_args(_parser("fit-norm"), ["--num_threads", "1", "--reward_model_path", "r"], "segrl fit-norm")
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
-        for var in ("SEGRL_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-            monkeypatch.delenv(var, raising=False)
 
 
 def test_init_writes_examples_and_data(tmp_path, capsys):

@@ -99,6 +99,8 @@ def test_every_segrl_command_line_parses(line, capsys, monkeypatch):
     from segrl.commands._common import parse_args
 
     monkeypatch.chdir(ROOT)
+    for var in ("SEGRL_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.delenv(var, raising=False)  # --num_threads in a line must not leak into later tests
     words = shlex.split(line)
     command, args = words[1], words[2:]
     args = [a.replace("configs/", "examples/configs/", 1) if a.startswith("configs/") else a for a in args]
@@ -108,5 +110,3 @@ def test_every_segrl_command_line_parses(line, capsys, monkeypatch):
     parse_args(module.make_parser(), args, f"segrl {command}")
     err = capsys.readouterr().err
     assert "deprecated" not in err and "unrecognised" not in err, err
-    for var in ("SEGRL_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        monkeypatch.delenv(var, raising=False)

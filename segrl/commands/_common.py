@@ -39,6 +39,10 @@ CONCEPTS: dict[str, tuple[str, ...]] = {
     "asr_delta": ("delta",),
 }
 
+#: Old names that are also a *different* option of some TRL config (GRPO's `delta`: two-sided clipping);
+#: where both it and the new name exist, it is left alone.
+DISTINCT_OPTIONS = frozenset({"delta"})
+
 GLOBAL_HELP = [
     ("--config FILE.yaml", "YAML file of options (keys = flag names); flags override it."),
     ("--num_threads N", "CPU threads for torch (torch.set_num_threads); default: torch's choice."),
@@ -134,8 +138,8 @@ def resolve_name(name: str, dests: set[str], prog: str, aliases: dict[str, str] 
     for canonical, old in CONCEPTS.items():
         if name in old and canonical in carriers:
             dest = carriers[canonical]
-            if name in dests and name != dest:
-                return name  # a different option that happens to share the name (e.g. TRL GRPO's `delta`)
+            if name in dests and name != dest and name in DISTINCT_OPTIONS:
+                return name  # a different option that happens to share the name (TRL GRPO's `delta`)
             _warn(prog, f"`{name}` is deprecated, use `{canonical}`")
             return dest
     return name
@@ -224,12 +228,6 @@ def parse_args(parser, argv: Sequence[str], prog: str, aliases: dict[str, str] |
         raise UsageError(f"unrecognised argument(s): {' '.join(unknown)}{hint}; see `{prog} --help`")
     explicit |= {a[2:].split("=")[0] for a in args if a.startswith("--")}
     _auto_device(namespace, explicit, prog)
-    for old, new in (("gradient_checkpointing", "activation_checkpointing"),
-                     ("gradient_checkpointing_kwargs", "activation_checkpointing_kwargs")):
-        # transformers renamed these; TRL still sets the old default, which made every run warn
-        if hasattr(namespace, old) and hasattr(namespace, new) and getattr(namespace, new) is None:
-            setattr(namespace, new, getattr(namespace, old))
-            setattr(namespace, old, None)
     outputs = []
     for dtype in parser.dataclass_types:
         keys = {f.name for f in dataclasses.fields(dtype) if f.init}
