@@ -28,7 +28,7 @@ Written by `segrl init`. Run these from this directory (CPU is fine: a few minut
     segrl train-rm  --config configs/rm_segment.yaml                    # segment reward model
     segrl fit-norm  --config configs/rm_fit_norm.yaml                   # its location normaliser
     segrl dpo       --config configs/dpo_asr_segment_rm.yaml            # ASR-DPO with the RM's token rewards
-    segrl ppo       --config configs/ppo_segment.yaml --num_iterations 5 --asr true   # dense ASR-PPO
+    segrl ppo       --config configs/ppo_segment.yaml --mask_type asr --total_episodes 64   # dense ASR-PPO
 
 `configs/` holds every example config (keys = flag names; flags override them); `data/tiny_prefs.jsonl`
 is the built-in preference data (`builtin:tiny_prefs`) as a file, in TRL's prompt / chosen / rejected format.

@@ -46,22 +46,64 @@ class SegmentPPOConfig(ASRArguments, ResumeArguments):
                                                       "choices": ["none", "asr", "tokenwise", "stepwise"]})
 
     output_dir: str = field(default="runs/ppo", metadata={"help": "Where checkpoints, logs and the final policy go."})
-    policy: str = field(default="", metadata={"help": "SFT policy: hub id or local path."})
-    reward_model: str = field(default="", metadata={"help": "Segment reward model (segrl train-rm output): hub id or path."})
-    reference_model: str | None = field(
-        default=None, metadata={"help": "Frozen reference for the KL term and entropy segmentation (default: the policy)."}
+    model_name_or_path: str = field(
+        default="", metadata={"help": "SFT policy: hub id or local path (deprecated name: `policy`)."}
+    )
+    reward_model_path: str = field(
+        default="",
+        metadata={"help": "Segment reward model (segrl train-rm + fit-norm output): hub id or path "
+                          "(deprecated name: `reward_model`)."},
+    )
+    ref_model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Frozen reference for the KL term and entropy segmentation (default: the policy; with "
+                          "`use_peft` the adapter-disabled policy). Deprecated name: `reference_model`."},
     )
     critic_init: str = field(
         default="policy", metadata={"help": "Initialise the critic from the 'policy' (fresh head) or the 'reward_model'."}
     )
-    dataset: str = field(default="", metadata={"help": "Prompts: hub id or local JSONL/parquet with a 'prompt' column."})
-    dataset_split: str = field(default="train", metadata={"help": "Split to read prompts from."})
+    dataset_name: str = field(
+        default="",
+        metadata={"help": "Prompts: `builtin:NAME`, a .jsonl/.json/.csv/.parquet file, a save_to_disk directory or a "
+                          "Hub id, with a 'prompt' column of text or chat messages (deprecated name: `dataset`)."},
+    )
+    dataset_train_split: str = field(default="train", metadata={"help": "Split to read prompts from."})
+    dataset_test_split: str = field(
+        default="test", metadata={"help": "Split of `eval_dataset_name` (or of a Hub / save_to_disk `dataset_name`) "
+                                          "to evaluate on."}
+    )
+    eval_dataset_name: str | None = field(
+        default=None, metadata={"help": "Held-out prompts for evaluation (same formats as `dataset_name`)."}
+    )
+    eval_split: float | None = field(
+        default=None,
+        metadata={"help": "Hold out this fraction (0 < f < 1) of the `dataset_name` prompts (shuffled with `seed`) "
+                          "for evaluation instead of `eval_dataset_name`."},
+    )
+    eval_steps: int = field(
+        default=0,
+        metadata={"help": "Evaluate every N iterations (0 = never) on the held-out prompts: greedy responses, their "
+                          "mean reward, KL to the reference and length (`eval_reward`, `eval_kl`, "
+                          "`eval_response_length`)."},
+    )
+    total_episodes: int | None = field(
+        default=None,
+        metadata={"help": "Prompts to sample in total, over all processes (TRL's PPOConfig); iterations = "
+                          "ceil(total_episodes / (rollout_batch_size * processes)). Default: num_train_epochs passes "
+                          "over the prompts."},
+    )
+    num_train_epochs: float = field(
+        default=1.0, metadata={"help": "Passes over the prompt set when `total_episodes` is not set."}
+    )
     segment_threshold: float | None = field(
         default=None,
         metadata={"help": "Entropy threshold c for the arm: inf bandit, 0 token, else segment (default: the RM's own)."},
     )
     spread_mode: str = field(default="even", metadata={"help": "Spread segment rewards: even | end | repeat."})
-    num_iterations: int = field(default=100, metadata={"help": "Rollout-and-update iterations."})
+    num_iterations: int | None = field(
+        default=None,
+        metadata={"help": "Deprecated: `total_episodes` (or `num_train_epochs`). Rollout-and-update iterations."},
+    )
     rollout_batch_size: int = field(default=16, metadata={"help": "Prompts per rollout, per process."})
     mini_batch_size: int = field(default=4, metadata={"help": "Rollouts per optimiser step, per process."})
     ppo_epochs: int = field(default=1, metadata={"help": "Passes over each rollout batch."})
@@ -73,6 +115,45 @@ class SegmentPPOConfig(ASRArguments, ResumeArguments):
     top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling."})
     missing_eos_penalty: float | None = field(
         default=None, metadata={"help": "Subtracted from the last token's reward of responses that hit max_new_tokens."}
+    )
+    gradient_accumulation_steps: int = field(
+        default=1,
+        metadata={"help": "Split each mini-batch into this many micro-batches whose gradients are accumulated (same "
+                          "update, less memory); `mini_batch_size` must be a multiple of it."},
+    )
+    lr_scheduler_type: str = field(
+        default="constant_with_warmup",
+        metadata={"help": "transformers `get_scheduler` name (linear, cosine, constant, constant_with_warmup, ...) for "
+                          "the policy and the critic; it steps once per optimiser step."},
+    )
+    warmup_steps: int = field(default=0, metadata={"help": "Linear warm-up optimiser steps (overrides warmup_ratio)."})
+    warmup_ratio: float = field(default=0.0, metadata={"help": "Warm-up as a fraction of all optimiser steps."})
+    gradient_checkpointing: bool = field(
+        default=False, metadata={"help": "Recompute activations in the backward pass (policy and critic): less memory."}
+    )
+    bf16: bool | None = field(
+        default=None,
+        metadata={"help": "bfloat16 mixed precision (accelerate autocast). Default: on when a bf16-capable GPU is "
+                          "used, off otherwise."},
+    )
+    fp16: bool = field(default=False, metadata={"help": "float16 mixed precision with loss scaling (GPU only)."})
+    dtype: str | None = field(
+        default=None,
+        metadata={"help": "dtype to load policy, reference and critic in: 'auto', 'bfloat16', 'float16', 'float32' "
+                          "(TRL's ModelConfig; deprecated name: `torch_dtype`). Default: the checkpoint's (float32 "
+                          "weights with bf16/fp16 autocast is the usual mixed precision).",
+                  "choices": ["auto", "bfloat16", "float16", "float32"]},
+    )
+    use_peft: bool = field(
+        default=False,
+        metadata={"help": "Train a LoRA adapter on the policy (peft); the reference is then the adapter-disabled "
+                          "policy, as in TRL. The critic stays a full model."},
+    )
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout (disabled during PPO like all dropout)."})
+    lora_target_modules: list[str] | None = field(
+        default=None, metadata={"help": "Modules to adapt (default: peft's choice for the architecture)."}
     )
     learning_rate: float = field(default=5e-7, metadata={"help": "Policy learning rate (published: 5e-7)."})
     critic_learning_rate: float = field(default=9e-6, metadata={"help": "Critic learning rate (published: 9e-6)."})
@@ -103,6 +184,40 @@ class SegmentPPOConfig(ASRArguments, ResumeArguments):
 
     def __post_init__(self):
         apply_asr_alias(self)
+        if self.num_iterations is not None:
+            warnings.warn("`num_iterations` is deprecated: use `total_episodes` (prompts over all processes) or "
+                          "`num_train_epochs`", FutureWarning, stacklevel=3)
+            if self.num_iterations < 1:
+                raise ValueError(f"`num_iterations` must be >= 1, got {self.num_iterations}")
+        if self.total_episodes is not None and self.total_episodes < 1:
+            raise ValueError(f"`total_episodes` must be >= 1, got {self.total_episodes}")
+        if not self.num_train_epochs > 0:
+            raise ValueError(f"`num_train_epochs` must be > 0, got {self.num_train_epochs}")
+        if self.gradient_accumulation_steps < 1 or self.mini_batch_size % self.gradient_accumulation_steps:
+            raise ValueError(f"`gradient_accumulation_steps` ({self.gradient_accumulation_steps}) must be >= 1 and "
+                             f"divide `mini_batch_size` ({self.mini_batch_size})")
+        if self.warmup_steps < 0 or not 0.0 <= self.warmup_ratio < 1.0:
+            raise ValueError(f"`warmup_steps` must be >= 0 and `warmup_ratio` in [0, 1), got {self.warmup_steps}, "
+                             f"{self.warmup_ratio}")
+        if self.eval_steps < 0:
+            raise ValueError(f"`eval_steps` must be >= 0, got {self.eval_steps}")
+        if self.eval_split is not None and not 0.0 < self.eval_split < 1.0:
+            raise ValueError(f"`eval_split` must be a fraction in (0, 1), got {self.eval_split}")
+        if self.eval_split is not None and self.eval_dataset_name:
+            raise ValueError("pass either `eval_split` or `eval_dataset_name`, not both")
+        if self.dtype not in (None, "auto", "bfloat16", "float16", "float32"):
+            raise ValueError(f"`dtype` must be auto, bfloat16, float16 or float32, got {self.dtype!r}")
+        if self.bf16 and self.fp16:
+            raise ValueError("`bf16` and `fp16` are exclusive; set one")
+        if self.bf16 is None:
+            from segrl.hardware import bf16_supported
+
+            self.bf16 = (not self.use_cpu) and not self.fp16 and bf16_supported()
+        from transformers import SchedulerType
+
+        choices = [t.value for t in SchedulerType]
+        if self.lr_scheduler_type not in choices:
+            raise ValueError(f"`lr_scheduler_type` must be one of {choices}, got {self.lr_scheduler_type!r}")
         super().__post_init__()  # the ASR fields (ASRArguments): bad options fail here, not at the first rollout
         if self.critic_init not in ("policy", "reward_model"):
             raise ValueError(f"`critic_init` must be 'policy' or 'reward_model', got {self.critic_init!r}")

@@ -9,6 +9,9 @@ maths lives in :mod:`segrl.ops`. TRL/transformers utilities do the log-probs and
 from __future__ import annotations
 
 import json
+import math
+import time
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -57,6 +60,9 @@ class PPOCallback:
     def on_iteration_end(self, trainer: "SegmentPPOTrainer", metrics: dict[str, float]) -> None:
         pass
 
+    def on_evaluate(self, trainer: "SegmentPPOTrainer", metrics: dict[str, float]) -> None:
+        """After each evaluation on the held-out prompts (``eval_steps``), with its ``eval_*`` metrics."""
+
 
 class SegmentPPOTrainer:
     """PPO over dense segment rewards: bandit / token / segment arms from one code path, optional ASR mask.
@@ -64,57 +70,122 @@ class SegmentPPOTrainer:
     Args:
         args: :class:`SegmentPPOConfig`.
         policy: causal LM to train.
-        ref_model: frozen reference causal LM (KL term and entropy segmentation).
+        ref_model: frozen reference causal LM (KL term and entropy segmentation); ``None`` when
+            ``policy`` is a PEFT model: the reference is then the adapter-disabled policy (as in TRL).
         critic: a model whose ``.logits`` has shape (B, L, 1), e.g. ``AutoModelForTokenClassification(num_labels=1)``.
         reward_source: :class:`SegmentRewardSource` (per-position scorer + threshold + normaliser).
         tokenizer: shared by all models.
         prompts: prompt strings, or conversations (lists of messages) rendered with the chat template.
         callbacks: :class:`PPOCallback` objects; each hook is called on every process.
+        eval_prompts: held-out prompts (same forms as ``prompts``) evaluated every ``args.eval_steps``
+            iterations with greedy decoding.
     """
 
     def __init__(self, args: SegmentPPOConfig, *, policy, ref_model, critic, reward_source: SegmentRewardSource,
-                 tokenizer, prompts, accelerator: Accelerator | None = None, callbacks=None):
+                 tokenizer, prompts, accelerator: Accelerator | None = None, callbacks=None, eval_prompts=None):
         self.args = args
         self.callbacks = list(callbacks or [])
         self.tokenizer = tokenizer
         if tokenizer.pad_token_id is None:
             raise ValueError("`tokenizer` has no pad token; set tokenizer.pad_token before training")
         vocab = len(tokenizer)
+        self.is_peft = hasattr(policy, "disable_adapter") and hasattr(policy, "peft_config")
+        if ref_model is None and not self.is_peft:
+            raise ValueError("`ref_model` is required unless `policy` is a PEFT model (whose adapter-disabled base "
+                             "is then the reference)")
         for name, model in (("policy", policy), ("ref_model", ref_model)):
-            if model.get_input_embeddings().num_embeddings < vocab:
+            if model is not None and model.get_input_embeddings().num_embeddings < vocab:
                 raise ValueError(f"`{name}` has fewer embeddings than the tokenizer has tokens ({vocab}): tokenizer mismatch")
         self.accelerator = accelerator or Accelerator(
-            cpu=args.use_cpu, log_with=None if args.report_to == "none" else args.report_to, project_dir=args.output_dir
+            cpu=args.use_cpu, log_with=None if args.report_to == "none" else args.report_to, project_dir=args.output_dir,
+            mixed_precision="bf16" if args.bf16 else "fp16" if args.fp16 else "no",
         )
         set_seed(args.seed)
         self.prompt_ids = self._tokenize_prompts(prompts)
+        self.eval_prompt_ids = self._tokenize_prompts(eval_prompts, "eval_prompts") if eval_prompts is not None else None
+        if args.eval_steps and self.eval_prompt_ids is None:
+            raise ValueError("`eval_steps` is set but there are no held-out prompts: pass `eval_prompts` "
+                             "(CLI: `eval_dataset_name` or `eval_split`)")
+        #: Rollout-and-update iterations of :meth:`train` (``num_iterations``, else from ``total_episodes`` /
+        #: ``num_train_epochs`` as TRL counts them: prompts over all processes).
+        self.num_iterations = self._count_iterations(len(self.prompt_ids))
         # Dropout would make the PPO ratio compare two different networks (TRL and OpenRLHF disable it too);
         # transformers' token-classification heads default to dropout 0.1.
         for model in (policy, ref_model, critic):
-            disable_dropout_in_model(model)
-        opt_p = torch.optim.AdamW(policy.parameters(), lr=args.learning_rate, betas=args.adam_betas, weight_decay=0.0)
+            if model is not None:
+                disable_dropout_in_model(model)
+        if args.gradient_checkpointing:
+            for model in (policy, critic):
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        trainable_p = [p for p in policy.parameters() if p.requires_grad]
+        opt_p = torch.optim.AdamW(trainable_p, lr=args.learning_rate, betas=args.adam_betas, weight_decay=0.0)
         opt_c = torch.optim.AdamW(critic.parameters(), lr=args.critic_learning_rate, betas=args.adam_betas, weight_decay=0.0)
         self.policy, self.critic, self.opt_policy, self.opt_critic = self.accelerator.prepare(policy, critic, opt_p, opt_c)
-        self.ref_model = ref_model.to(self.accelerator.device).eval().requires_grad_(False)
+        self.ref_model = None if ref_model is None else ref_model.to(self.accelerator.device).eval().requires_grad_(False)
+        self.scheduler_policy, self.scheduler_critic = self._make_schedulers(opt_p, opt_c)
+        for scheduler in (self.scheduler_policy, self.scheduler_critic):
+            # saved and restored by save_state / load_state; not prepared, because accelerate's wrapper steps a
+            # scheduler once per process per call, which would make the schedule depend on the world size
+            self.accelerator.register_for_checkpointing(scheduler)
+        #: Seconds of the last iteration's phases: generation, scoring forwards (policy, reference, critic, RM)
+        #: and the PPO update; logged as ``time_rollout_s``, ``time_scoring_s``, ``time_update_s``.
+        self.timings: dict[str, float] = {}
         self.reward_source = reward_source
         self.iteration = 0
         self.history: list[dict] = []
         #: The hysteresis half-width of the last rollout's ASR mask (``asr_delta`` resolved), logged as `asr/delta`.
         self.asr_delta: float | None = None
 
+    # ------------------------------------------------------------------ set-up
+    def _count_iterations(self, n_prompts: int) -> int:
+        args = self.args
+        if args.num_iterations is not None:
+            return args.num_iterations
+        per_iteration = args.rollout_batch_size * self.accelerator.num_processes
+        episodes = args.total_episodes if args.total_episodes is not None else math.ceil(args.num_train_epochs * n_prompts)
+        return max(1, math.ceil(episodes / per_iteration))
+
+    @property
+    def optimizer_steps_per_iteration(self) -> int:
+        return self.args.ppo_epochs * (self.args.rollout_batch_size // self.args.mini_batch_size)
+
+    def _make_schedulers(self, *optimizers):
+        from transformers import get_scheduler
+
+        args = self.args
+        total = self.num_iterations * self.optimizer_steps_per_iteration
+        warmup = args.warmup_steps if args.warmup_steps > 0 else math.ceil(args.warmup_ratio * total)
+        return tuple(get_scheduler(args.lr_scheduler_type, optimizer=opt, num_warmup_steps=warmup,
+                                   num_training_steps=total)
+                     for opt in optimizers)
+
+    @contextmanager
+    def _reference(self):
+        """The reference model: ``ref_model``, or the PEFT policy with its adapter disabled."""
+        if self.ref_model is not None:
+            yield self.ref_model
+            return
+        policy = self.accelerator.unwrap_model(self.policy)
+        with policy.disable_adapter():
+            yield policy
+
     # ------------------------------------------------------------------ data
-    def _tokenize_prompts(self, prompts) -> list[list[int]]:
+    def _tokenize_prompts(self, prompts, name: str = "prompts") -> list[list[int]]:
         if len(prompts) == 0:
-            raise ValueError("`prompts` is empty")
+            raise ValueError(f"`{name}` is empty")
         ids = []
         for i, prompt in enumerate(prompts):
             if isinstance(prompt, str):
                 row = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
             else:
-                row = self.tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True)
-                row = row["input_ids"] if isinstance(row, dict) else list(row)
+                if getattr(self.tokenizer, "chat_template", None) is None:
+                    raise ValueError(f"`{name}[{i}]` is a conversation but the tokenizer has no chat template")
+                # transformers 5 returns a BatchEncoding (a Mapping, not a dict) for tokenize=True
+                row = self.tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True,
+                                                         return_dict=True)["input_ids"]
+                row = [int(t) for t in row]
             if not row:
-                raise ValueError(f"`prompts[{i}]` is empty after tokenisation")
+                raise ValueError(f"`{name}[{i}]` is empty after tokenisation")
             ids.append(row[-self.args.max_prompt_length:])
         return ids
 
@@ -144,36 +215,56 @@ class SegmentPPOTrainer:
         # segmentation entropy is the reference's own distribution (temperature 1), in fp32 over the full vocab
         return (logprobs, entropy_from_logits(logits)) if with_entropy else logprobs
 
-    @torch.no_grad()
-    def rollout(self, prompt_rows: list[list[int]]) -> dict[str, torch.Tensor]:
-        """Generate, score and compute everything the update needs. All (B, T) over response tokens."""
+    def _generate(self, prompt_rows: list[list[int]], *, greedy: bool = False):
+        """Batched generation with the KV cache. Returns ``(prompts, prompt_mask, responses, response_mask,
+        truncated, logprobs)``: the policy's log-probs of the sampled tokens, read from the logits
+        generate computed anyway (as TRL's PPO does), so the rollout needs no second policy forward.
+        Shapes: prompts (B, P); responses, response_mask, logprobs (B, T); truncated (B,)."""
         args, tok = self.args, self.tokenizer
         prompts, prompt_mask = self._left_pad(prompt_rows)
         context_length = prompts.shape[1]
         policy = self.accelerator.unwrap_model(self.policy)
-        self.policy.eval()
-        self.critic.eval()
-        generated = policy.generate(
-            input_ids=prompts, attention_mask=prompt_mask, max_new_tokens=args.max_new_tokens, min_new_tokens=args.min_new_tokens, do_sample=True,
-            temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-            pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-        )
-        responses = generated[:, context_length:]
+        sampling = {"do_sample": False} if greedy else {
+            "do_sample": True, "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p}
+        with self.accelerator.autocast():
+            out = policy.generate(
+                input_ids=prompts, attention_mask=prompt_mask, max_new_tokens=args.max_new_tokens,
+                min_new_tokens=args.min_new_tokens, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                use_cache=True, return_dict_in_generate=True, output_logits=True, **sampling,
+            )
+        responses = out.sequences[:, context_length:]
         response_mask, truncated = response_mask_from(responses, tok.eos_token_id)
         if responses.shape[1] == 0 or not bool(response_mask.any()):
             raise RuntimeError("generation produced no response tokens; check max_new_tokens and the EOS token")
         width = int(response_mask.sum(dim=1).max())
         responses, response_mask = responses[:, :width], response_mask[:, :width]
         responses = responses.masked_fill(~response_mask, tok.pad_token_id)
+        logits = torch.stack(out.logits[:width], dim=1).float()  # raw logits, before any sampling processor
+        logprobs = selective_log_softmax(logits / args.temperature, responses)
+        return prompts, prompt_mask, responses, response_mask, truncated, logprobs
+
+    @torch.no_grad()
+    def rollout(self, prompt_rows: list[list[int]]) -> dict[str, torch.Tensor]:
+        """Generate, score and compute everything the update needs. All (B, T) over response tokens."""
+        args = self.args
+        self.policy.eval()
+        self.critic.eval()
+        start = time.perf_counter()
+        prompts, prompt_mask, responses, response_mask, truncated, logprobs = self._generate(prompt_rows)
+        context_length = prompts.shape[1]
         query_responses = torch.cat([prompts, responses], dim=1)
         attention_mask = torch.cat([prompt_mask.bool(), response_mask], dim=1).long()
+        scoring = time.perf_counter()
+        self.timings["rollout"] = scoring - start
 
-        logprobs = self._logprobs(self.policy, query_responses, attention_mask, context_length, responses)
-        ref_logprobs, ref_entropy = self._logprobs(
-            self.ref_model, query_responses, attention_mask, context_length, responses, with_entropy=True
-        )
-        values = forward_logits(self.critic, query_responses, attention_mask)[:, context_length - 1 : -1, 0].float()
-        dense = self.reward_source(query_responses, attention_mask, context_length, response_mask, ref_entropy)
+        with self.accelerator.autocast():
+            with self._reference() as reference:
+                ref_logprobs, ref_entropy = self._logprobs(
+                    reference, query_responses, attention_mask, context_length, responses, with_entropy=True
+                )
+            values = forward_logits(self.critic, query_responses, attention_mask)[:, context_length - 1 : -1, 0].float()
+            dense = self.reward_source(query_responses, attention_mask, context_length, response_mask, ref_entropy)
+        logprobs = logprobs.masked_fill(~response_mask, 0.0)
 
         token_rewards = dense.token_rewards
         if args.missing_eos_penalty is not None:
@@ -194,6 +285,7 @@ class SegmentPPOTrainer:
             kept = self.keep_mask(dense.seq_rewards, signal, response_mask, responses)
             loss_mask, fallbacks = kept.keep, kept.fallback.sum().float()
             self.asr_delta = kept.delta  # the same on every process; logged as asr/delta
+        self.timings["scoring"] = time.perf_counter() - scoring
         return {
             "query_responses": query_responses, "attention_mask": attention_mask, "responses": responses,
             "context_length": torch.tensor(context_length), "response_mask": response_mask, "loss_mask": loss_mask,
@@ -253,37 +345,57 @@ class SegmentPPOTrainer:
             for start in range(0, n, args.mini_batch_size):
                 idx = order[start : start + args.mini_batch_size].to(acc.device)
                 mb = {k: v[idx] for k, v in batch.items() if v.dim() > 0 and v.shape[0] == n}
-                logprobs = self._logprobs(self.policy, mb["query_responses"], mb["attention_mask"], context_length,
-                                          mb["responses"])
                 # Token means over the *global* mini-batch: DDP averages gradients over ranks, so each rank
-                # divides its token sum by (global token count / world size).
+                # divides its token sum by (global token count / world size). Micro-batches (gradient
+                # accumulation) share the mini-batch's denominator, so their losses sum to its loss.
                 policy_den, value_den = self._per_rank_denominators(mb["loss_mask"], mb["response_mask"])
-                policy_loss, pstats = ops.ppo_policy_loss(
-                    logprobs, mb["logprobs"], mb["advantages"], mb["loss_mask"], clip=args.cliprange,
-                    denominator=policy_den,
-                )
+                micro = args.mini_batch_size // args.gradient_accumulation_steps
+                parts = [{k: v[i : i + micro] for k, v in mb.items()} for i in range(0, len(idx), micro)]
+                policy_loss, value_loss = torch.zeros((), device=acc.device), torch.zeros((), device=acc.device)
+                kept = mb["loss_mask"].sum().clamp(min=1).float()
+                clipfrac, approx_kl = torch.zeros((), device=acc.device), torch.zeros((), device=acc.device)
                 self.opt_policy.zero_grad(set_to_none=True)
-                acc.backward(policy_loss)
+                for j, part in enumerate(parts):
+                    with self._accumulating(self.policy, j < len(parts) - 1), acc.autocast():
+                        logprobs = self._logprobs(self.policy, part["query_responses"], part["attention_mask"],
+                                                  context_length, part["responses"])
+                        loss, pstats = ops.ppo_policy_loss(
+                            logprobs, part["logprobs"], part["advantages"], part["loss_mask"], clip=args.cliprange,
+                            denominator=policy_den,
+                        )
+                        acc.backward(loss)
+                    policy_loss += loss.detach()
+                    weight = part["loss_mask"].sum().float() / kept  # the micro-batch's share of the kept tokens
+                    clipfrac += pstats["clipfrac"] * weight
+                    approx_kl += pstats["approx_kl"] * weight
                 acc.clip_grad_norm_(self.policy.parameters(), args.max_grad_norm)
                 self.opt_policy.step()
+                self.scheduler_policy.step()
 
-                values = forward_logits(self.critic, mb["query_responses"], mb["attention_mask"])
-                values = values[:, context_length - 1 : -1, 0].float()
-                value_loss = ops.ppo_value_loss(
-                    values, mb["values"], mb["returns"], mb["response_mask"], clip=args.cliprange_value,
-                    denominator=value_den,
-                )
                 self.opt_critic.zero_grad(set_to_none=True)
-                acc.backward(args.vf_coef * value_loss)
+                for j, part in enumerate(parts):
+                    with self._accumulating(self.critic, j < len(parts) - 1), acc.autocast():
+                        values = forward_logits(self.critic, part["query_responses"], part["attention_mask"])
+                        values = values[:, context_length - 1 : -1, 0].float()
+                        loss = ops.ppo_value_loss(
+                            values, part["values"], part["returns"], part["response_mask"], clip=args.cliprange_value,
+                            denominator=value_den,
+                        )
+                        acc.backward(args.vf_coef * loss)
+                    value_loss += loss.detach()
                 acc.clip_grad_norm_(self.critic.parameters(), args.max_grad_norm)
                 self.opt_critic.step()
+                self.scheduler_critic.step()
 
                 # Each rank's loss is its share of the global token mean: the logged value is their mean.
-                logged = acc.reduce(torch.stack([policy_loss.detach(), value_loss.detach(), pstats["clipfrac"],
-                                                 pstats["approx_kl"]]).float(), "mean")
+                logged = acc.reduce(torch.stack([policy_loss, value_loss, clipfrac, approx_kl]).float(), "mean")
                 for key, value in zip(("policy_loss", "value_loss", "clipfrac", "approx_kl"), logged.tolist()):
                     stats[key].append(value)
         return {k: sum(v) / len(v) for k, v in stats.items()}
+
+    def _accumulating(self, model, skip_sync: bool):
+        """DDP: no gradient all-reduce on the micro-batches before the last one of a mini-batch."""
+        return self.accelerator.no_sync(model) if skip_sync else nullcontext()
 
     def _per_rank_denominators(self, loss_mask: torch.Tensor, response_mask: torch.Tensor):
         counts = torch.stack([loss_mask.sum(), response_mask.sum()]).float()
@@ -324,8 +436,41 @@ class SegmentPPOTrainer:
         }
 
     # ------------------------------------------------------------------ loop
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Greedy responses to the held-out prompts: mean sequence reward, KL to the reference (summed
+        over each response's tokens) and response length, over the prompts of every process (each
+        process takes every ``num_processes``-th prompt). Keys ``eval_reward``, ``eval_kl``,
+        ``eval_response_length``."""
+        if self.eval_prompt_ids is None:
+            raise ValueError("no held-out prompts: pass `eval_prompts` to the trainer")
+        acc, args = self.accelerator, self.args
+        was_training = self.policy.training
+        self.policy.eval()
+        rows = self.eval_prompt_ids[acc.process_index :: acc.num_processes]
+        sums = torch.zeros(4, dtype=torch.float64, device=acc.device)  # reward, kl, length, rows
+        for start in range(0, len(rows), args.rollout_batch_size):
+            prompts, prompt_mask, responses, mask, _, logprobs = self._generate(
+                rows[start : start + args.rollout_batch_size], greedy=True)
+            ctx = prompts.shape[1]
+            query_responses = torch.cat([prompts, responses], dim=1)
+            attention_mask = torch.cat([prompt_mask.bool(), mask], dim=1).long()
+            with acc.autocast(), self._reference() as reference:
+                ref_logprobs, ref_entropy = self._logprobs(reference, query_responses, attention_mask, ctx, responses,
+                                                           with_entropy=True)
+            with acc.autocast():
+                dense = self.reward_source(query_responses, attention_mask, ctx, mask, ref_entropy)
+            kl = torch.where(mask, logprobs - ref_logprobs, 0.0).sum(dim=1)
+            sums += torch.stack([dense.seq_rewards.sum(), kl.sum(), mask.sum(), torch.tensor(mask.shape[0])]
+                                ).to(sums)
+        sums = acc.reduce(sums, "sum")
+        n = max(float(sums[3]), 1.0)
+        self.policy.train(was_training)
+        return {"eval_reward": float(sums[0]) / n, "eval_kl": float(sums[1]) / n,
+                "eval_response_length": float(sums[2]) / n}
+
     def train(self) -> list[dict]:
-        """Run ``num_iterations`` rollout-and-update iterations, resuming first if asked."""
+        """Run :attr:`num_iterations` rollout-and-update iterations, resuming first if asked."""
         args, acc = self.args, self.accelerator
         if args.resume_from_checkpoint:
             self.load_checkpoint(args.resume_from_checkpoint)
@@ -334,13 +479,23 @@ class SegmentPPOTrainer:
         columns = (TextColumn("[bold]PPO"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                    TextColumn("{task.description}"), TimeElapsedColumn())
         with Progress(*columns, disable=not acc.is_main_process) as progress:
-            task = progress.add_task("", total=args.num_iterations, completed=self.iteration)
-            while self.iteration < args.num_iterations:
+            task = progress.add_task("", total=self.num_iterations, completed=self.iteration)
+            while self.iteration < self.num_iterations:
                 batch = self.rollout(self._prompt_batch(self.iteration))
                 metrics = self._rollout_metrics(batch)
+                metrics["learning_rate"] = self.scheduler_policy.get_last_lr()[0]
+                start = time.perf_counter()
                 metrics.update(self.update(batch))
+                self.timings["update"] = time.perf_counter() - start
+                metrics.update({f"time_{k}_s": v for k, v in self.timings.items()})
                 self.iteration += 1
                 metrics["iteration"] = self.iteration
+                metrics["episode"] = self.iteration * args.rollout_batch_size * acc.num_processes
+                if args.eval_steps and self.iteration % args.eval_steps == 0:
+                    eval_metrics = self.evaluate()
+                    metrics.update(eval_metrics)
+                    for callback in self.callbacks:
+                        callback.on_evaluate(self, eval_metrics)
                 self.history.append(metrics)
                 if self.iteration % args.logging_steps == 0:
                     self._log(metrics)
