@@ -215,3 +215,17 @@ def test_dpo_reward_model_path_implies_the_segment_rm_source(model_dir, tmp_path
     assert "token_reward_source=segment_rm" in err
     assert f"`reward_model_path`: no such file or directory: {tmp_path / 'no_rm'}" in err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", ["dpo", "train-rm", "fit-norm", "eval-rm", "rs", "ppo", "grpo"])
+def test_existing_output_and_checkpoints_untouched(command, model_dir, tmp_path, capsys):
+    """A run that fails its checks leaves an existing output directory (and its checkpoints) as it was."""
+    out = tmp_path / "out"
+    (out / "checkpoint-2").mkdir(parents=True)
+    (out / "checkpoint-2" / "trainer_state.json").write_text("{}")
+    (out / "eval.json").write_text("{}")
+    data = _write_data(tmp_path, [{"prompt": None, "chosen": None, "rejected": None}])
+    before = _tree(tmp_path)
+    assert main([command, *_command_args(command, model_dir, data, str(out))]) == 2
+    assert "null" in capsys.readouterr().err
+    assert _tree(tmp_path) == before
