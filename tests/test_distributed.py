@@ -33,7 +33,7 @@ pytestmark = pytest.mark.skipif(shutil.which("accelerate", path=str(Path(sys.exe
 
 FAST_CASES = ["rm", "dpo_trap"]
 SLOW_CASES = ["rm_ga2", "dpo_seqmean_precompute", "dpo_segment_rm", "rs", "ppo", "grpo_zero", "grpo", "dpo_auto",
-              "dpo_auto_ga2", "ppo_mb2", "grpo_ga2"]
+              "dpo_auto_ga2", "ppo_ga2", "ppo_mb2", "grpo_ga2"]
 DS_CASES = ["dpo_zero", "rm", "dpo_segment_rm"]
 HAS_DEEPSPEED = importlib.util.find_spec("deepspeed") is not None
 
@@ -106,7 +106,7 @@ def test_two_processes_match_one(runs, case):
 @pytest.mark.slow
 @pytest.mark.parametrize("case", [
     "rm_ga2", "dpo_seqmean_precompute", "dpo_segment_rm", "rs", "ppo", "grpo_zero",
-    "grpo", "dpo_auto", "dpo_auto_ga2", "grpo_ga2",
+    "grpo", "dpo_auto", "dpo_auto_ga2", "ppo_ga2", "grpo_ga2",
 ])
 def test_two_processes_match_one_slow(runs, case):
     runs.reference(SLOW_CASES)
@@ -134,7 +134,7 @@ def test_gradient_accumulation_is_the_same_global_batch(runs):
 def test_auto_delta_and_masks_ignore_processes_and_accumulation(runs):
     """asr_delta="auto" is resolved over the whole batch (DPO: the training set; PPO / GRPO: the rollout
     of every rank), never per micro-batch: the resolved delta, the keep masks and the losses are the
-    same for 1 and 2 processes and with gradient accumulation (GRPO, DPO) or mini-batches (PPO)."""
+    same for 1 and 2 processes and with gradient accumulation (DPO, PPO, GRPO) or mini-batches (PPO)."""
     runs.reference(SLOW_CASES)
     one, two = runs.work / "p1", runs.get(SLOW_CASES, 2).out
 
@@ -142,17 +142,17 @@ def test_auto_delta_and_masks_ignore_processes_and_accumulation(runs):
         return json.loads((out / f"{case}.json").read_text())["extra"]
 
     # gradient accumulation: the same global batch in 2 micro-steps (1 process; 1 vs 2 processes is above)
-    for base, variant in (("dpo_auto", "dpo_auto_ga2"), ("grpo", "grpo_ga2")):
+    for base, variant in (("dpo_auto", "dpo_auto_ga2"), ("ppo", "ppo_ga2"), ("grpo", "grpo_ga2")):
         _assert_match(launch.compare(base, one, one, other_case=variant))
     delta = extra(one, "dpo_auto")["asr_delta"]
     assert delta > 0 and all(extra(out, c)["asr_delta"] == delta for out in (one, two)
                              for c in ("dpo_auto", "dpo_auto_ga2"))
     # PPO / GRPO: per rollout, the same delta and the same mask of every row, whatever the launch
-    for base, variant in (("ppo", "ppo_mb2"), ("grpo", "grpo_ga2")):
+    for base, variants in (("ppo", ("ppo_ga2", "ppo_mb2")), ("grpo", ("grpo_ga2",))):
         ref = extra(one, base)
         assert min(ref["asr_delta"]) > 0
         for out in (one, two):
-            for case in (base, variant):
+            for case in (base, *variants):
                 got = extra(out, case)
                 assert got["asr_delta"] == pytest.approx(ref["asr_delta"], rel=1e-9), (out, case)
                 assert got["masks"] == ref["masks"], (out, case)

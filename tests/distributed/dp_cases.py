@@ -18,7 +18,7 @@ Usage (from the repository root)::
 ``--prepare`` builds the models under ``W/models`` (only in a single-process run); the others load them.
 
 Cases (see CASES): rm, dpo_trap, dpo_auto, dpo_seqmean_precompute, dpo_sft_term, rs, ppo, grpo, and
-gradient-accumulation / mini-batch variants (rm_ga2, dpo_auto_ga2, ppo_mb2, grpo_ga2).
+gradient-accumulation / mini-batch variants (rm_ga2, dpo_auto_ga2, ppo_ga2, ppo_mb2, grpo_ga2).
 Generation-based trainers do not sample: PPO and GRPO get fixed rollouts through test hooks
 (PPO: ``_prompt_batch`` and the policy's ``generate``; GRPO: TRL's ``rollout_func``), RS reads a
 fixed candidates file. The losses and updates computed from those rollouts are the real code paths.
@@ -543,12 +543,13 @@ def mask_fingerprints(keep: torch.Tensor, mask: torch.Tensor) -> list[int]:
     return [fingerprint(k[m].long().tolist()) for k, m in zip(keep.cpu(), mask.bool().cpu())]
 
 
-def case_ppo(work: Path, out: Path, name: str, mini_batches: int = 1) -> None:
+def case_ppo(work: Path, out: Path, name: str, mini_batches: int = 1, ga: int = 1) -> None:
     """ASR-PPO (batch_mean baseline on token rewards, asr_delta="auto") on fixed rollouts; one
     mini-batch per rollout (mini_batch_size == rollout_batch_size: with several mini-batches per
     rollout the shuffle is per rank and the global mini-batches differ by design), two PPO epochs
     (the 2nd has ratio != 1). ``mini_batches=2`` (case ppo_mb2): the same rollouts in two mini-batches,
-    whose ASR masks and resolved delta must equal the one-mini-batch run's (never per micro-batch)."""
+    whose ASR masks and resolved delta must equal the one-mini-batch run's (never per micro-batch).
+    ``ga=2`` (case ppo_ga2): each mini-batch in 2 accumulated micro-batches: everything must match ppo."""
     from transformers import AutoModelForCausalLM, AutoModelForTokenClassification
 
     from segrl import ops
@@ -562,14 +563,25 @@ def case_ppo(work: Path, out: Path, name: str, mini_batches: int = 1) -> None:
     ref = AutoModelForCausalLM.from_pretrained(m / "ref")
     critic = AutoModelForTokenClassification.from_pretrained(m / "critic_init", num_labels=1)
 
-    def fixed_generate(input_ids, attention_mask, **_):
+    def fixed_generate(input_ids, attention_mask, return_dict_in_generate=False, output_logits=False, **_):
         rows = []
         for ids, mask in zip(input_ids.tolist(), attention_mask.tolist()):
             prompt = tok.decode([t for t, k in zip(ids, mask) if k])
             rows.append(responses[prompt])
         width = max(map(len, rows))
         resp = torch.tensor([r + [tok.pad_token_id] * (width - len(r)) for r in rows], device=input_ids.device)
-        return torch.cat([input_ids, resp], dim=1)
+        sequences = torch.cat([input_ids, resp], dim=1)
+        if not return_dict_in_generate:
+            return sequences
+        from types import SimpleNamespace
+
+        from segrl.ppo.trainer import forward_logits
+
+        # what generate's output_logits would hold: the policy's logits before each response token
+        full_mask = torch.cat([attention_mask, torch.ones_like(resp)], dim=1)
+        with torch.no_grad():
+            logits = forward_logits(policy, sequences, full_mask)[:, input_ids.shape[1] - 1: -1]
+        return SimpleNamespace(sequences=sequences, logits=tuple(logits.unbind(dim=1)) if output_logits else None)
 
     policy.generate = fixed_generate  # the rollout calls generate on the unwrapped policy
 
@@ -580,7 +592,7 @@ def case_ppo(work: Path, out: Path, name: str, mini_batches: int = 1) -> None:
 
     args = SegmentPPOConfig(
         output_dir=str(out / f"run-{name}"), num_iterations=2, rollout_batch_size=local,
-        mini_batch_size=local // mini_batches,
+        mini_batch_size=local // mini_batches, gradient_accumulation_steps=ga,
         ppo_epochs=2, max_new_tokens=16, learning_rate=3e-3, critic_learning_rate=3e-3, kl_coef=0.05,
         mask_type="asr", asr_baseline="batch_mean", asr_delta="auto", use_cpu=True, seed=SEED,
     )
@@ -786,6 +798,8 @@ CASES = {
     "ppo": case_ppo,
     # the same rollouts in 2 mini-batches: the ASR masks and the "auto" delta must equal ppo's
     "ppo_mb2": lambda work, out, name: case_ppo(work, out, name, mini_batches=2),
+    # each mini-batch as 2 micro-batches of gradient accumulation (compare with "ppo": must match)
+    "ppo_ga2": lambda work, out, name: case_ppo(work, out, name, ga=2),
     "grpo": case_grpo,
     # the same global generation batch as 2 accumulation micro-steps (compare with "grpo": must match)
     "grpo_ga2": lambda work, out, name: case_grpo(work, out, name, ga=2),
