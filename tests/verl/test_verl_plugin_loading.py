@@ -50,10 +50,36 @@ def test_reimporting_the_plugin_points_the_names_at_the_new_code():
     # verl's registries refuse a second, different object under a name; a reload must not trip that
     code = (
         "import importlib, segrl.integrations.verl as plugin\n"
+        "from segrl.integrations.verl import advantage, reward_managers\n"
         "from verl.trainer.ppo.core_algos import get_adv_estimator_fn\n"
         "from verl.experimental.reward_loop.reward_manager import get_reward_manager_cls\n"
+        "old = plugin.compute_segrl_asr_gae_advantage, plugin.SegmentDenseRewardManager\n"
+        "importlib.reload(advantage); importlib.reload(reward_managers)\n"
         "plugin = importlib.reload(plugin)\n"
-        "print(get_adv_estimator_fn('segrl_asr_gae') is plugin.compute_segrl_asr_gae_advantage"
+        "print(old != (plugin.compute_segrl_asr_gae_advantage, plugin.SegmentDenseRewardManager)"
+        " and get_adv_estimator_fn('segrl_asr_gae') is plugin.compute_segrl_asr_gae_advantage"
         " and get_reward_manager_cls('segrl_dense') is plugin.SegmentDenseRewardManager)\n"
     )
     assert _python(code) == "True"
+
+
+# Every name imported from `segrl.integrations.verl` by the tests, examples/verl, docs or README before the
+# module became a package (one module per concern); the package must keep exporting them all.
+PUBLIC_NAMES = (
+    "ADV_ESTIMATOR_NAME", "ASRAdvantages", "ASROptions", "CONFIG_KEY", "POLICY_LOSS_NAME", "REWARD_MANAGER_NAME",
+    "SegmentDenseRewardManager", "SegmentRMTokenRewards", "TokenRewardSource", "asr_gae_advantages", "asr_keep_mask",
+    "compute_policy_loss_segrl_asr", "compute_segrl_asr_gae_advantage", "dense_scores_tensor",
+    "segment_rm_token_rewards",
+)
+
+
+def test_the_package_keeps_every_public_name_of_the_former_module():
+    import segrl.integrations.verl as plugin
+
+    assert set(PUBLIC_NAMES) <= set(plugin.__all__)
+    assert [name for name in plugin.__all__ if not hasattr(plugin, name)] == []
+    # verl's `pkg://segrl.integrations.verl` loader resolves the reward function on the package itself
+    from verl.utils.import_utils import load_extern_object
+
+    loaded = load_extern_object("pkg://segrl.integrations.verl", "segment_rm_token_rewards")
+    assert loaded is plugin.segment_rm_token_rewards
