@@ -9,7 +9,7 @@ For every setting of a grid (``experiments/credit_study.yaml``) and every seed, 
    reference model);
 2. trains a segment RM with the setting (:class:`segrl.rm.SegmentRewardTrainer`, the pipeline's
    arguments unless the setting changes them: threshold, epochs, learning rate, SFT vs fresh
-   initialisation, model size), cached under a key of the setting;
+   initialisation, model size, training loss ``segment_loss``), cached under a key of the setting;
 3. for every reward form of the setting, fits the location normaliser on that form
    (:func:`segrl.ops.fit_location_normalizer` on 512 training pairs, as ``segrl fit-norm`` does) and
    spreads the normalised segment rewards with every spreading mode
@@ -63,7 +63,7 @@ class Setting:
     epochs: float = 2.0
     learning_rate: float = 1e-3
     batch_size: int = 32
-    loss: str = "mean"  # "mean" (the paper's BT on the mean segment value) | "prefix_pairs" (see prefix_pairs_loss)
+    loss: str = "mean"  # SegmentRewardConfig.segment_loss: "mean" (the paper's) | "prefix_pairs"
     init: str = "sft"  # "sft" (the pipeline's: SFT backbone + fresh head) | "fresh" (random weights)
     hidden_size: int | None = None  # fresh init only; default: the SFT model's
     num_layers: int | None = None
@@ -131,54 +131,6 @@ def split_ids(ds, side: str):
 # --------------------------------------------------------------------------------------------------
 
 
-def prefix_pairs_loss(seg_w, valid_w, seg_l, valid_l) -> torch.Tensor:
-    """Bradley-Terry between every segment-end value of the chosen response and every one of the
-    rejected response, averaged per pair: ``mean_{i,j} -log sigma(r^w_i - r^l_j)``.
-
-    With one segment per response (bandit) it is the ordinary BT loss. Unlike BT on the *means*, a
-    pair stops pushing a prefix only when that prefix is ranked, so every prefix value is trained.
-
-    Shape: (B, Kw), (B, Kw), (B, Kl), (B, Kl) in; scalar out.
-    """
-    diff = seg_w[:, :, None] - seg_l[:, None, :]
-    valid = valid_w[:, :, None] & valid_l[:, None, :]
-    per_pair = -(torch.nn.functional.logsigmoid(diff) * valid).sum(dim=(1, 2)) / valid.sum(dim=(1, 2)).clamp(min=1)
-    return per_pair.mean()
-
-
-def prefix_pairs_trainer_cls():
-    """A SegmentRewardTrainer whose loss is :func:`prefix_pairs_loss` (prototype for the study)."""
-    from segrl.rm import SegmentRewardTrainer
-    from segrl.rm.model import capture_per_position_values
-    from segrl.rm.scoring import gather_response_values, segment_sequence_scores
-
-    class PrefixPairsTrainer(SegmentRewardTrainer):
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            prompt_length = inputs.pop("prompt_length")
-            response_mask = inputs.pop("response_mask")
-            entropy = inputs.pop("response_entropy", None)
-            inputs.pop("margin", None)
-            inputs["use_cache"] = False
-            with capture_per_position_values(model) as captured:
-                outputs = model(**inputs)
-            values = gather_response_values(captured.values, prompt_length, response_mask.shape[1])
-            seg = segment_sequence_scores(values, entropy, response_mask, self.segment_threshold)
-            # A dense row without segments (only EOS) competes with its EOS value.
-            empty = seg.num_segments == 0
-            r = seg.seg_rewards.clone()
-            v = seg.seg_valid.clone()
-            if bool(empty.any()):
-                r[empty, 0] = seg.scores[empty]
-                v[empty, 0] = True
-            rw, rl = torch.chunk(r, 2)
-            vw, vl = torch.chunk(v, 2)
-            loss = prefix_pairs_loss(rw, vw, rl, vl)
-            outputs["logits"] = seg.scores.detach().unsqueeze(-1)
-            return (loss, outputs) if return_outputs else loss
-
-    return PrefixPairsTrainer
-
-
 def fresh_model(sft_dir: Path, s: Setting, seed: int):
     from transformers import AutoConfig, AutoModelForSequenceClassification, set_seed
 
@@ -214,12 +166,12 @@ def train_rm(pipe, seed: int, s: Setting, train_ds, rm_dir: Path):
         **trainer_common(rm_dir, seed), segment_threshold=s.threshold, reference_model=str(sft_dir),
         per_device_train_batch_size=s.batch_size, num_train_epochs=s.epochs, learning_rate=s.learning_rate,
         lr_scheduler_type="cosine", warmup_steps=5, entropy_batch_size=64, dataset_num_proc=None,
+        segment_loss=s.loss,
     )
     model = str(sft_dir) if s.init == "sft" else fresh_model(sft_dir, s, seed)
     set_seed(seed)
     t0 = time.perf_counter()
-    cls = {"mean": SegmentRewardTrainer, "prefix_pairs": None}[s.loss] or prefix_pairs_trainer_cls()
-    trainer = cls(model=model, args=args, train_dataset=train_ds, processing_class=pipe.tokenizer)
+    trainer = SegmentRewardTrainer(model=model, args=args, train_dataset=train_ds, processing_class=pipe.tokenizer)
     quiet_trainer(trainer).train()
     trainer.save_model(str(rm_dir))
     seconds = time.perf_counter() - t0

@@ -53,6 +53,10 @@ class PipelineOptions:
     rm_learning_rate: float = _f(1e-3, "Reward-model learning rate (fresh scalar head on the SFT backbone).")
     rm_reward_form: str = _f("value", "Token-reward form of every RM (normaliser fitted on it): 'value' (the RM "
                                       "value at each segment end) or 'delta' (its change since the previous end).")
+    rm_segment_loss: str = _f("mean", "Reward-model training loss: 'mean' (Bradley-Terry on the mean segment reward, "
+                                      "the paper's) or 'prefix_pairs' (Bradley-Terry between every chosen and every "
+                                      "rejected segment reward; localises credit with rm_reward_form delta, see "
+                                      "experiments/README.md).")
     # DPO
     dpo_steps: int = _f(100, "DPO steps per run.")
     dpo_batch_size: int = _f(32, "DPO batch size (pairs).")
@@ -113,7 +117,7 @@ class PipelineOptions:
                                samples_per_prompt=self.samples_per_prompt, conflict_fraction=self.conflict_fraction),
             rm=RMSettings(segment_threshold=self.segment_threshold, epochs=self.rm_epochs,
                           batch_size=self.rm_batch_size, learning_rate=self.rm_learning_rate,
-                          reward_form=self.rm_reward_form),
+                          reward_form=self.rm_reward_form, segment_loss=self.rm_segment_loss),
             dpo=DPOSettings(steps=self.dpo_steps, batch_size=self.dpo_batch_size,
                             learning_rate=self.dpo_learning_rate, beta=self.dpo_beta,
                             loss_type=self.dpo_loss_type, sft_weight=self.dpo_sft_weight,

@@ -82,15 +82,23 @@ class RMSettings:
     learning_rate: float = 1e-3
     normalizer_pairs: int = 512
     reward_form: str = "value"
+    segment_loss: str = "mean"
 
     def __post_init__(self):
-        from segrl.rm.scoring import parse_reward_form
+        from segrl.rm.scoring import parse_reward_form, parse_segment_loss
 
         parse_reward_form(self.reward_form, "rm_reward_form")
+        parse_segment_loss(self.segment_loss, "rm_segment_loss")
         if not (self.segment_threshold >= 0):
             raise ValueError(f"`segment_threshold` must be >= 0, got {self.segment_threshold}")
         if not self.epochs > 0:
             raise ValueError(f"`rm_epochs` must be > 0, got {self.epochs}")
+
+    def key(self) -> dict:
+        """What the cache key hashes: every field, except ``segment_loss`` at its default (it was added
+        later, so RMs cached before it keep their keys)."""
+        fields = {k: v for k, v in asdict(self).items() if not (k == "segment_loss" and v == "mean")}
+        return {"__type__": type(self).__name__, **fields}
 
 
 @dataclass(frozen=True)

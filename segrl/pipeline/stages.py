@@ -230,7 +230,7 @@ class Pipeline:
         return self.seed_dir(seed) / f"rm_{arm}"
 
     def rm_key(self, seed: int, arm: str) -> str:
-        return settings_key(self.pairs_key(seed), self.rm_settings, arm, seed)
+        return settings_key(self.pairs_key(seed), self.rm_settings.key(), arm, seed)
 
     def reward_model(self, seed: int, arm: str = "segment") -> dict:
         """Train the ``arm`` RM (``segrl.rm``), fit its normaliser, measure pairwise accuracy."""
@@ -268,6 +268,7 @@ class Pipeline:
             **trainer_common(out, seed), segment_threshold=threshold, reference_model=str(sft_dir),
             per_device_train_batch_size=s.batch_size, num_train_epochs=s.epochs, learning_rate=s.learning_rate,
             lr_scheduler_type="cosine", warmup_steps=5, entropy_batch_size=64, dataset_num_proc=None,
+            segment_loss=s.segment_loss,
         )
         set_seed(seed)
         trainer = SegmentRewardTrainer(model=str(sft_dir), args=args, train_dataset=train_ds,

@@ -17,11 +17,14 @@ from segrl.ops import entropy_segment_ids, location_normalize, segment_end_value
 
 __all__ = [
     "REWARD_FORMS",
+    "SEGMENT_LOSSES",
     "SegmentScores",
     "SegmentTokenRewards",
     "form_segment_rewards",
     "gather_response_values",
     "parse_reward_form",
+    "parse_segment_loss",
+    "prefix_pairs_loss",
     "segment_sequence_scores",
     "segment_token_rewards",
 ]
@@ -29,6 +32,11 @@ __all__ = [
 #: ``"value"``: a segment's reward is the RM value at its last token (the paper's); ``"delta"``: the
 #: change of that value since the previous segment's end (docs/method.md#reward-form).
 REWARD_FORMS = ("value", "delta")
+
+#: ``"mean"``: Bradley-Terry on the mean segment rewards (the paper's); ``"prefix_pairs"``: Bradley-Terry
+#: between every segment reward of the chosen and every one of the rejected response
+#: (:func:`prefix_pairs_loss`, docs/method.md#segment-rm).
+SEGMENT_LOSSES = ("mean", "prefix_pairs")
 
 
 @dataclass
@@ -105,6 +113,46 @@ def segment_sequence_scores(values: torch.Tensor, entropy: torch.Tensor | None, 
     if not bool(torch.isfinite(scores.detach()).all()):
         raise ValueError("`values` (the RM outputs) contain NaN or inf where a sequence score is read")
     return SegmentScores(scores, segment_ids, seg_rewards, seg_valid, counts)
+
+
+def parse_segment_loss(value, name: str = "segment_loss") -> str:
+    """A segment-RM training loss, checked: one of :data:`SEGMENT_LOSSES`; ``ValueError`` naming ``name``."""
+    if not isinstance(value, str) or value not in SEGMENT_LOSSES:
+        raise ValueError(f"`{name}` must be one of {SEGMENT_LOSSES}, got {value!r}")
+    return value
+
+
+def prefix_pairs_loss(seg: SegmentScores, margin: torch.Tensor | None = None) -> torch.Tensor:
+    """Bradley-Terry between every chosen and every rejected segment reward (``segment_loss="prefix_pairs"``).
+
+    For a pair with chosen segment rewards ``w_1..w_K`` and rejected ``l_1..l_J``, the loss is
+    ``mean_{i,j} -log sigma(w_i - l_j [- margin])``; the batch loss is the mean over pairs. A response
+    without segments (a dense RM on an EOS-only response) takes part with its sequence score. With
+    one segment per response (the bandit RM) this is the ordinary Bradley-Terry loss. Unlike
+    Bradley-Terry on the mean, a pair keeps pushing each prefix until that prefix's value is ranked,
+    so every segment-end value is trained as a value of its prefix (docs/method.md#segment-rm).
+
+    Args:
+        seg: :func:`segment_sequence_scores` of rows ``[chosen x B; rejected x B]``.
+        margin: optional per-pair margin, as TRL's. Shape: (B,).
+
+    Returns:
+        Scalar loss, differentiable w.r.t. the values behind ``seg``.
+    """
+    if seg.scores.shape[0] % 2:
+        raise ValueError(f"`seg` must hold [chosen x B; rejected x B] rows, got {seg.scores.shape[0]} rows")
+    empty = seg.num_segments == 0
+    rewards = torch.where(empty[:, None] & (torch.arange(seg.seg_rewards.shape[1], device=empty.device) == 0),
+                          seg.scores[:, None], seg.seg_rewards)
+    valid = seg.seg_valid | (empty[:, None] & (torch.arange(seg.seg_valid.shape[1], device=empty.device) == 0))
+    r_w, r_l = torch.chunk(rewards, 2)
+    v_w, v_l = torch.chunk(valid, 2)
+    diff = r_w[:, :, None] - r_l[:, None, :]
+    if margin is not None:
+        diff = diff - margin.to(diff)[:, None, None]
+    both = v_w[:, :, None] & v_l[:, None, :]
+    per_pair = -(torch.nn.functional.logsigmoid(diff) * both).sum(dim=(1, 2)) / both.sum(dim=(1, 2))
+    return per_pair.mean()
 
 
 def parse_reward_form(value, name: str = "reward_form") -> str:

@@ -48,7 +48,12 @@ from segrl.rm.model import (
     parse_threshold,
     stored_reference,
 )
-from segrl.rm.scoring import gather_response_values, segment_sequence_scores
+from segrl.rm.scoring import (
+    gather_response_values,
+    parse_segment_loss,
+    prefix_pairs_loss,
+    segment_sequence_scores,
+)
 
 check_trl_compat("rm")  # fail at import if TRL changed what this module overrides or calls
 
@@ -77,6 +82,11 @@ class SegmentRewardConfig(ResumeArguments, RewardConfig):
         reference_model_init_kwargs (`dict`, *optional*):
             Keyword arguments for ``AutoModelForCausalLM.from_pretrained`` of the reference model
             (defaults to fp32, as SPEC §2 requires for the entropies).
+        segment_loss (`str`, defaults to `"mean"`):
+            ``"mean"``: Bradley-Terry on the mean segment reward (the paper's). ``"prefix_pairs"``:
+            Bradley-Terry between every chosen and every rejected segment reward
+            (:func:`segrl.rm.scoring.prefix_pairs_loss`), which trains each segment-end value as a value of
+            its prefix; the same at ``c = inf``. See docs/method.md#segment-rm.
     """
 
     _VALID_DICT_FIELDS = RewardConfig._VALID_DICT_FIELDS + ["reference_model_init_kwargs"]
@@ -113,7 +123,17 @@ class SegmentRewardConfig(ResumeArguments, RewardConfig):
         },
     )
 
+    segment_loss: str = field(
+        default="mean",
+        metadata={
+            "help": "Training loss: 'mean' = Bradley-Terry on the mean segment reward (the paper's); 'prefix_pairs' = "
+            "Bradley-Terry between every chosen and every rejected segment reward (trains every segment-end value as "
+            "a value of its prefix; localises token credit better with reward_form='delta'). Same at c = inf."
+        },
+    )
+
     def __post_init__(self):
+        parse_segment_loss(self.segment_loss, "segment_loss")
         self.segment_threshold = parse_threshold(self.segment_threshold, "segment_threshold", allow_auto=True)
         target = self.segment_target_length
         if isinstance(target, bool) or not isinstance(target, (int, float)) or not (math.isfinite(target) and target >= 1):
@@ -322,7 +342,9 @@ class SegmentRewardTrainer(CompleteCheckpointsMixin, RewardTrainer):
         seg = segment_sequence_scores(values, entropy, response_mask, self.segment_threshold)
         rewards_chosen, rewards_rejected = torch.chunk(seg.scores, chunks=2)
 
-        if margin is not None:
+        if self.args.segment_loss == "prefix_pairs":
+            loss = prefix_pairs_loss(seg, margin)
+        elif margin is not None:
             loss = -nn.functional.logsigmoid(rewards_chosen - rewards_rejected - margin).mean()
         else:
             loss = -nn.functional.logsigmoid(rewards_chosen - rewards_rejected).mean()
