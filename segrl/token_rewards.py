@@ -204,24 +204,9 @@ def _tokenizer_at(path):
 
 def _encode_ids(prompt_ids, completion_ids, *, pad_id: int):
     """``segrl.rewards.implicit``'s encoded-batch tuple built from token ids (TRL's, not re-tokenised)."""
-    from segrl.rewards.implicit import ResponseBatch
+    from segrl.rewards.implicit import encode_id_rows
 
-    n = len(prompt_ids)
-    seqs = [list(p) + list(c) for p, c in zip(prompt_ids, completion_ids)]
-    if any(len(p) == 0 for p in prompt_ids):
-        raise ValueError("implicit token rewards need at least one prompt token per row (e.g. a BOS token)")
-    width, t_max = max(map(len, seqs)), max(len(c) for c in completion_ids)
-    input_ids = torch.full((n, width), pad_id, dtype=torch.long)
-    attention = torch.zeros((n, width), dtype=torch.long)
-    resp = torch.full((n, t_max), pad_id, dtype=torch.long)
-    resp_mask = torch.zeros((n, t_max), dtype=torch.bool)
-    for i, (s, c) in enumerate(zip(seqs, completion_ids)):
-        input_ids[i, : len(s)] = torch.tensor(s)
-        attention[i, : len(s)] = 1
-        resp[i, : len(c)] = torch.tensor(list(c), dtype=torch.long)
-        resp_mask[i, : len(c)] = True
-    starts = torch.tensor([len(p) for p in prompt_ids], dtype=torch.long)
-    return input_ids, attention, starts, ResponseBatch(resp, resp_mask, [])
+    return encode_id_rows(prompt_ids, completion_ids, pad_id=pad_id)
 
 
 def add_token_reward_columns(dataset, source, *, batch_size: int = 64, name: str = "train"):

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
+from segrl.padding import pad_rows
+
 __all__ = [
     "ResponseBatch",
     "implicit_token_rewards",
@@ -125,21 +127,31 @@ def tokenize_pairs(tokenizer, prompts: Sequence[str], responses: Sequence[str], 
         starts.append(len(p))
         resps.append(r)
 
-    width = max(map(len, seqs))
-    t_max = max(map(len, resps))
-    input_ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    resp_ids = torch.full((len(seqs), t_max), pad_id, dtype=torch.long)
-    resp_mask = torch.zeros((len(seqs), t_max), dtype=torch.bool)
-    for i, (s, r) in enumerate(zip(seqs, resps)):
-        input_ids[i, : len(s)] = torch.tensor(s)
-        attention_mask[i, : len(s)] = 1
-        resp_ids[i, : len(r)] = torch.tensor(r)
-        resp_mask[i, : len(r)] = True
     # Decoded one by one for display: a token's own text, special tokens spelled out.
     tokens = [tokenizer.batch_decode([[t] for t in r]) for r in resps]
-    batch = ResponseBatch(resp_ids, resp_mask, tokens)
-    return input_ids, attention_mask, torch.tensor(starts, dtype=torch.long), batch
+    return encode_id_rows([p[: n] for p, n in zip(seqs, starts)], resps, pad_id=pad_id, tokens=tokens)
+
+
+def encode_id_rows(prompt_ids, response_ids, *, pad_id: int, tokens=None):
+    """The encoded-batch tuple of :func:`tokenize_pairs` from token ids (no re-tokenisation).
+
+    Args:
+        prompt_ids: ``B`` lists of prompt token ids, each non-empty.
+        response_ids: ``B`` lists of response token ids.
+        pad_id: id written into padding positions.
+        tokens: optional display strings per response token.
+
+    Returns:
+        ``(input_ids (B, L), attention_mask (B, L), response_start (B,), ResponseBatch (B, T))``,
+        right-padded.
+    """
+    if any(len(p) == 0 for p in prompt_ids):
+        raise ValueError("implicit token rewards need at least one prompt token per row (e.g. a BOS token)")
+    input_ids, attention_mask = pad_rows([list(p) + list(r) for p, r in zip(prompt_ids, response_ids)], pad_id)
+    resp_ids, resp_mask = pad_rows([list(r) for r in response_ids], pad_id)
+    starts = torch.tensor([len(p) for p in prompt_ids], dtype=torch.long)
+    batch = ResponseBatch(resp_ids, resp_mask.bool(), tokens if tokens is not None else [])
+    return input_ids, attention_mask, starts, batch
 
 
 # --------------------------------------------------------------------------------------------------
