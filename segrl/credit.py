@@ -33,6 +33,8 @@ from collections.abc import Sequence
 
 import torch
 
+from segrl.padding import pad_rows
+
 __all__ = [
     "centered_rewards",
     "credit_metrics",
@@ -205,14 +207,10 @@ def credit_metrics(rewards: torch.Tensor, labels: torch.Tensor, mask: torch.Tens
 
 def pad_lists(lists: Sequence[Sequence[float]], *, dtype=torch.float32, fill=0) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pad per-response lists into ``(values, mask)``. Shape: (B, T) each (``T >= 1``)."""
-    width = max([len(x) for x in lists] + [1])
-    values = torch.full((len(lists), width), fill, dtype=dtype)
-    mask = torch.zeros((len(lists), width), dtype=torch.bool)
-    for i, x in enumerate(lists):
-        if len(x):
-            values[i, : len(x)] = torch.as_tensor(list(x), dtype=dtype)
-            mask[i, : len(x)] = True
-    return values, mask
+    if len(lists) == 0:
+        return torch.full((0, 1), fill, dtype=dtype), torch.zeros((0, 1), dtype=torch.bool)
+    values, mask = pad_rows([list(x) for x in lists], fill, dtype=dtype, width=1)
+    return values, mask.bool()
 
 
 def labels_from_values(values: Sequence, n_tokens: int, *, ends_with_eos: bool, column: str, row: int) -> list[int]:

@@ -33,6 +33,7 @@ from collections.abc import Sequence
 
 import torch
 
+from segrl.padding import pad_rows
 from segrl.evals.generation import Generator, progress_bar
 from segrl.evals.loading import is_data_files, load_split
 
@@ -149,12 +150,7 @@ def loglikelihoods(model, tokenizer, requests: Sequence[tuple[str, str]], *, bat
     with progress_bar(len(keys), description, progress) as advance:
         for lo in range(0, len(order), batch_size):
             rows = order[lo: lo + batch_size]
-            width = max(len(keys[k]) for k in rows)
-            ids = torch.full((len(rows), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(rows), width), dtype=torch.long)
-            for r, k in enumerate(rows):
-                ids[r, : len(keys[k])] = torch.tensor(keys[k])
-                mask[r, : len(keys[k])] = 1
+            ids, mask = pad_rows([keys[k] for k in rows], pad)
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits  # Shape: (B, T, V)
             for r, k in enumerate(rows):
                 n = len(keys[k])

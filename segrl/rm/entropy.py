@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
+from segrl.padding import pad_rows
+
 __all__ = [
     "DEFAULT_SEGMENT_TARGET_LENGTH",
     "FEW_SEGMENTS_WARNING",
@@ -156,12 +158,7 @@ def reference_entropy(reference_model, sequences: Sequence[Sequence[int]], promp
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]), reverse=True)
     for lo in range(0, len(order), batch_size):
         rows = order[lo : lo + batch_size]
-        width = len(sequences[rows[0]])
-        ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
-        attn = torch.zeros((len(rows), width), dtype=torch.long)
-        for j, i in enumerate(rows):
-            ids[j, : len(sequences[i])] = torch.as_tensor(list(sequences[i]), dtype=torch.long)
-            attn[j, : len(sequences[i])] = 1
+        ids, attn = pad_rows([list(sequences[i]) for i in rows], pad_token_id)
         logits = reference_model(input_ids=ids.to(device), attention_mask=attn.to(device), use_cache=False).logits
         for j, i in enumerate(rows):
             p, n = int(prompt_lengths[i]), len(sequences[i])

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from segrl.padding import pad_rows
 from segrl.ops import LocationNormalizerCoef, location_normalize
 from segrl.rm.scoring import (
     SegmentTokenRewards,
@@ -495,12 +496,7 @@ class SegmentRewardModel:
                 rows = order[lo : lo + batch_size]
                 seqs = [list(prompt_ids[i]) + list(response_ids[i]) for i in rows]
                 plens = [len(prompt_ids[i]) for i in rows]
-                width = max(map(len, seqs))
-                ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
-                attn = torch.zeros((len(rows), width), dtype=torch.long)
-                for j, s in enumerate(seqs):
-                    ids[j, : len(s)] = torch.tensor(s)
-                    attn[j, : len(s)] = 1
+                ids, attn = pad_rows(seqs, self.pad_token_id)
                 vals, _ = per_position_values(self.model, ids.to(device), attn.to(device))
                 t_b = max(len(response_ids[i]) for i in rows)
                 resp = gather_response_values(vals.float(), torch.tensor(plens, device=device), t_b).cpu()

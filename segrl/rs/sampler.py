@@ -184,7 +184,7 @@ class ASRRejectionSampler:
         model: the policy to sample from and fine-tune: a causal LM or its path / Hub id.
         args: [`ASRRejectionSamplingConfig`].
         processing_class: the policy's tokenizer (loaded from `model` when it is a path).
-        reward_model: a `segrl.rm.SegmentRewardModel` (or its path); default `args.reward_model`.
+        reward_model: a `segrl.rm.SegmentRewardModel` (or its path); default `args.reward_model_path`.
             Only needed for scores / token rewards that `args.candidates_file` does not provide.
         prompts: a `datasets.Dataset` with a `prompt` column, or a list of prompts (text or chat
             messages), for :meth:`generate`.
@@ -215,7 +215,7 @@ class ASRRejectionSampler:
         if processing_class.pad_token is None:
             processing_class.pad_token = processing_class.eos_token
         self.model, self.tokenizer = model, processing_class
-        self._reward_model_arg = reward_model if reward_model is not None else args.reward_model
+        self._reward_model_arg = reward_model if reward_model is not None else args.reward_model_path
         self._rewards: SegmentRMRewards | None = None
         self.prompts = prompts
         self.selection_metrics: dict[str, float] = {}
@@ -280,12 +280,9 @@ class ASRRejectionSampler:
                            disable=args.disable_tqdm or not state.is_local_main_process):
                 chunk = prompts[lo: lo + args.generation_batch_size]
                 encoded = [self._prompt_ids(p) for p in chunk]
-                width = max(map(len, encoded))
-                input_ids = torch.full((len(chunk), width), tok.pad_token_id, dtype=torch.long)
-                attention = torch.zeros((len(chunk), width), dtype=torch.long)
-                for i, ids in enumerate(encoded):  # left padding: every prompt ends where generation starts
-                    input_ids[i, width - len(ids):] = torch.tensor(ids)
-                    attention[i, width - len(ids):] = 1
+                # Left padding: every prompt ends where generation starts.
+                input_ids, attention = pad_rows(encoded, tok.pad_token_id, side="left")
+                width = input_ids.shape[1]
                 out = self.model.generate(
                     input_ids=input_ids.to(device), attention_mask=attention.to(device), do_sample=True,
                     temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
@@ -318,8 +315,8 @@ class ASRRejectionSampler:
     def _reward_source(self) -> SegmentRMRewards:
         if self._rewards is None:
             if self._reward_model_arg is None:
-                raise ValueError("scoring needs a segment reward model: set `reward_model`, or give `scores` (and, "
-                                 "for an ASR mask, `token_rewards`) in the candidates file")
+                raise ValueError("scoring needs a segment reward model: set `reward_model_path`, or give `scores` "
+                                 "(and, for an ASR mask, `token_rewards`) in the candidates file")
             self._rewards = SegmentRMRewards(
                 self._reward_model_arg, policy_tokenizer=self.tokenizer, mode=self.args.token_reward_mode,
                 normalize=self.args.token_reward_normalize, batch_size=self.args.reward_batch_size,
