@@ -27,6 +27,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from segrl.asr_options import ASRArguments, parse_delta
 from segrl.ops import parse_baseline as ops_parse_baseline
 
 
@@ -56,9 +57,17 @@ class VizConfig:
         default=True, metadata={"help": "Compute ASR segments and keep-mask for rows that do not carry them."}
     )
     baseline: str = field(
-        default="batch_mean", metadata={"help": "ASR baseline: batch_mean, sequence_mean, zero, or a number."}
+        default=ASRArguments.asr_baseline,
+        metadata={"help": "ASR baseline: sequence_mean, batch_mean, zero, position_mean, or a number "
+                          "(default: the trainers' default)."},
     )
-    delta: float = field(default=0.0, metadata={"help": "ASR hysteresis half-width (>= 0)."})
+    delta: str = field(
+        default=ASRArguments.asr_delta,
+        metadata={"help": "ASR hysteresis half-width: a number >= 0, or 'auto' (the delta_quantile quantile of "
+                          "|r - b| over all rows drawn; default: the trainers' default)."},
+    )
+    delta_quantile: float = field(default=ASRArguments.asr_delta_quantile,
+                                  metadata={"help": "Quantile q of delta='auto'."})
     neutral: str = field(default="drop", metadata={"help": "ASR undecided (state 0) tokens: drop or keep."})
     empty: str = field(
         default="full", metadata={"help": "ASR rows whose mask would be empty: full (fall back) or none."}
@@ -110,7 +119,8 @@ class ASRView:
     center: float | None
 
 
-def asr_view(rewards, mask, seq_sign, *, baseline="batch_mean", delta=0.0, neutral="drop", empty="full") -> ASRView:
+def asr_view(rewards, mask, seq_sign, *, baseline="batch_mean", delta=0.0, neutral="drop", empty="full",
+             delta_quantile: float = 0.3) -> ASRView:
     """Segments, keep-mask and fallback rows of the ASR rule: :func:`segrl.ops.keep_mask`'s result.
 
     Segments are the hysteresis runs. A fallback row is shown so a fully kept rejected row of blue
@@ -118,7 +128,8 @@ def asr_view(rewards, mask, seq_sign, *, baseline="batch_mean", delta=0.0, neutr
     """
     from segrl.ops import keep_mask
 
-    res = keep_mask(rewards, mask, seq_sign, baseline=baseline, delta=delta, neutral=neutral, empty=empty)
+    res = keep_mask(rewards, mask, seq_sign, baseline=baseline, delta=delta, neutral=neutral, empty=empty,
+                    delta_quantile=delta_quantile)
     fallback = res.fallback & (empty == "full")
     per_row = baseline in ("sequence_mean", "position_mean")
     center = None if per_row or res.baseline.numel() == 0 else float(res.baseline[0])
@@ -140,19 +151,6 @@ def row_seq_sign(row: dict, i: int) -> int:
     return 1 if side == "chosen" else -1
 
 
-def _pad(lists: list[list[float]]):
-    """Right-pad float lists into ``(rewards (B, T), mask (B, T))`` tensors."""
-    import torch
-
-    width = max((len(x) for x in lists), default=0)
-    rewards = torch.zeros(len(lists), max(width, 1), dtype=torch.float32)
-    mask = torch.zeros(len(lists), max(width, 1), dtype=torch.bool)
-    for b, values in enumerate(lists):
-        rewards[b, : len(values)] = torch.tensor(values, dtype=torch.float32)
-        mask[b, : len(values)] = True
-    return rewards, mask
-
-
 def add_asr(rows: list[dict], cfg: VizConfig) -> tuple[list[dict], float | None]:
     """Fill in ``segment_ids`` / ``kept`` where a (validated) row lacks them, computing ASR over
     all rows at once so the ``batch_mean`` baseline is shared.
@@ -163,9 +161,13 @@ def add_asr(rows: list[dict], cfg: VizConfig) -> tuple[list[dict], float | None]
 
     if not any(r["segment_ids"] is None or r["kept"] is None for r in rows):
         return rows, None
-    rewards, mask = _pad([r["rewards"] for r in rows])
+    from segrl.padding import pad_rows
+
+    rewards, mask = pad_rows([r["rewards"] for r in rows], 0.0, dtype=torch.float32)
+    mask = mask.bool()
     signs = torch.tensor([row_seq_sign(r["extra"], i) for i, r in enumerate(rows)], dtype=torch.long)
-    view = asr_view(rewards, mask, signs, baseline=parse_baseline(cfg.baseline), delta=cfg.delta,
+    view = asr_view(rewards, mask, signs, baseline=parse_baseline(cfg.baseline),
+                    delta=parse_delta(cfg.delta, "delta"), delta_quantile=cfg.delta_quantile,
                     neutral=cfg.neutral, empty=cfg.empty)
     out = []
     for b, row in enumerate(rows):
@@ -250,7 +252,8 @@ def rows_from_models(cfg: VizConfig) -> tuple[list[dict], float | None]:
             row.update(prompt=prompt, side=side)
         return rows, None
     signs = torch.tensor([1 if s == "chosen" else -1 for s in sides], dtype=torch.long)
-    view = asr_view(rewards, batch.mask, signs, baseline=parse_baseline(cfg.baseline), delta=cfg.delta,
+    view = asr_view(rewards, batch.mask, signs, baseline=parse_baseline(cfg.baseline),
+                    delta=parse_delta(cfg.delta, "delta"), delta_quantile=cfg.delta_quantile,
                     neutral=cfg.neutral, empty=cfg.empty)
     rows = rows_from_tensors(batch.tokens, rewards, batch.mask, view.segment_ids, view.kept, titles)
     for row, prompt, side, fallback in zip(rows, prompts, sides, view.fallback.tolist()):
