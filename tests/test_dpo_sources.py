@@ -176,7 +176,7 @@ def test_segment_rm_tokenizer_mismatch_is_an_error(tiny):
 
 
 def test_segment_rm_source_needs_a_model(tiny):
-    with pytest.raises(ValueError, match="needs `token_reward_model`"):
+    with pytest.raises(ValueError, match="needs `reward_model_path`"):
         _make(tiny, tiny[3], token_reward_source="segment_rm")
 
 

@@ -288,7 +288,7 @@ def test_reference_with_other_tokenizer_is_rejected(rm_env, tmp_path):
     from segrl.rm import SegmentRewardTrainer
 
     with pytest.raises(ValueError, match="reference_model"):
-        SegmentRewardTrainer(model=rm_env.init_dir, args=seg_config(tmp_path, reference_model=rm_env.other_dir),
+        SegmentRewardTrainer(model=rm_env.init_dir, args=seg_config(tmp_path, ref_model_name_or_path=rm_env.other_dir),
                              train_dataset=Dataset.from_list(tiny_rows(2)), processing_class=rm_env.tokenizer)
 
 

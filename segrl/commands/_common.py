@@ -39,6 +39,8 @@ CONCEPTS: dict[str, tuple[str, ...]] = {
     "asr_delta": ("delta",),
 }
 
+_OLD_NAMES = frozenset(n for old in CONCEPTS.values() for n in old)
+
 #: Old names that are also a *different* option of some TRL config (GRPO's `delta`: two-sided clipping);
 #: where both it and the new name exist, it is left alone.
 DISTINCT_OPTIONS = frozenset({"delta"})
@@ -152,7 +154,7 @@ def _rename_argv(argv: list[str], dests: set[str], prog: str, aliases: dict[str,
             key, eq, value = arg[2:].partition("=")
             if key not in dests:
                 key = resolve_name(key, dests, prog, aliases)
-            elif key in {n for old in CONCEPTS.values() for n in old}:
+            elif key in _OLD_NAMES:  # a config may keep the old name as a deprecated field: map it all the same
                 key = resolve_name(key, dests, prog, aliases)
             arg = f"--{key}{eq}{value}"
         out.append(arg)
@@ -215,7 +217,7 @@ def parse_args(parser, argv: Sequence[str], prog: str, aliases: dict[str, str] |
             strip_global_options(["--num_threads", str(config.pop("num_threads"))])
         renamed = {}
         for key, value in config.items():
-            dest = resolve_name(str(key), dests, prog, aliases) if key not in dests else str(key)
+            dest = resolve_name(str(key), dests, prog, aliases) if key not in dests or key in _OLD_NAMES else str(key)
             if dest not in dests:
                 raise UsageError(f"unrecognised key `{key}` in config file {config_path}{_suggest(str(key), dests)}")
             renamed[dest] = value
@@ -459,10 +461,14 @@ def fast_help(prog: str, groups: Sequence[tuple[str, str]], *, inherited: str = 
         all_names |= {f[0] for f in fields}
     all_names |= {name for name, _ in common}
     renames = {dest: canonical for canonical, dest in canonical_dests(all_names).items() if canonical != dest}
+    # A config that renamed a field keeps the old one as a deprecated alias (segrl.deprecation): it is
+    # listed on the new name's line, not as an option of its own.
+    kept_old = {name: canonical for canonical, old in CONCEPTS.items() if canonical in all_names
+                for name in old if name in all_names and name not in DISTINCT_OPTIONS}
     for title, fields in group_fields:
         body = []
         for fname, default, help_ in fields:
-            if fname in shown:
+            if fname in shown or fname in kept_old:
                 continue
             shown.add(fname)
             flag = f"--{renames.get(fname, fname)}"
@@ -470,7 +476,8 @@ def fast_help(prog: str, groups: Sequence[tuple[str, str]], *, inherited: str = 
                 default = repr(default)
             extra = f" (default: {default})" if default not in ("(required)", None, "") else (
                 " (required)" if default == "(required)" else "")
-            alias = f" [deprecated name: --{fname}]" if fname in renames else ""
+            old_names = ([fname] if fname in renames else []) + [o for o, c in kept_old.items() if c == fname]
+            alias = "".join(f" [deprecated name: --{o}]" for o in old_names)
             body += _format_option(flag, f"{help_}{extra}{alias}")
         if body:
             lines += [f"{title}:"] + body + [""]

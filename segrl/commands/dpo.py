@@ -83,7 +83,7 @@ def check_inputs(script_args: DPOScriptArguments, training_args, model_args):
     if training_args.mask_type != "none" and training_args.token_reward_source == "columns":
         # The default source reads dataset columns; a reward model (or an implicit pair) given without
         # --token_reward_source means that source.
-        inferred = ("segment_rm" if training_args.token_reward_model else
+        inferred = ("segment_rm" if training_args.reward_model_path else
                     "implicit" if training_args.implicit_policy and training_args.implicit_ref else None)
         if inferred:
             training_args.token_reward_source = inferred
@@ -93,7 +93,7 @@ def check_inputs(script_args: DPOScriptArguments, training_args, model_args):
     source = training_args.token_reward_source
     if training_args.mask_type != "none":
         if source == "segment_rm":
-            check_model_path(training_args.token_reward_model, "reward_model_path")
+            check_model_path(training_args.reward_model_path, "reward_model_path")
         elif source == "implicit":
             check_model_path(training_args.implicit_policy, "implicit_policy")
             check_model_path(training_args.implicit_ref, "implicit_ref")

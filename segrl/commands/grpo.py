@@ -41,7 +41,7 @@ def check_inputs(script, args):
     from segrl.ppo.build import load_prompts
 
     check_model_path(script.model_name_or_path, "model_name_or_path")
-    check_model_path(args.segment_reward_model, "reward_model_path")
+    check_model_path(args.reward_model_path, "reward_model_path")
     prompts = load_prompts(script.dataset_name, script.dataset_train_split, arg="dataset_name",
                            drop_empty=script.drop_empty)
     return Dataset.from_dict({"prompt": prompts})

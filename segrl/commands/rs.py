@@ -53,7 +53,7 @@ def check_inputs(script_args: RSScriptArguments, args, model_args):
 
     check_model_path(model_args.model_name_or_path, "model_name_or_path")
     check_model_path(script_args.tokenizer_name_or_path, "tokenizer_name_or_path", required=False)
-    check_model_path(args.reward_model, "reward_model_path", required=False)
+    check_model_path(args.reward_model_path, "reward_model_path", required=False)
     if args.candidates_file is not None:
         if not os.path.isfile(args.candidates_file):
             raise FileNotFoundError(f"`candidates_file`: no such file or directory: {args.candidates_file}")
@@ -65,7 +65,7 @@ def check_inputs(script_args: RSScriptArguments, args, model_args):
     prompts = load_data(script_args.dataset_name, script_args.dataset_train_split, config=script_args.dataset_config,
                         max_samples=script_args.max_prompts, arg="dataset_name")
     prompts, _ = check_prompt_data(prompts, "dataset_name", drop_empty=script_args.drop_empty)
-    if args.reward_model is None:
+    if args.reward_model_path is None:
         raise ValueError("scoring sampled candidates needs a segment reward model: pass --reward_model_path RM (from "
                          "segrl train-rm + fit-norm), or --candidates_file with precomputed scores")
     return prompts

@@ -1,8 +1,8 @@
 """``segrl train-rm``: train a segment-level reward model (arXiv 2501.02790) with TRL.
 
 Options are those of TRL's ``trl reward`` script (``ScriptArguments``, ``RewardConfig``,
-``ModelConfig``) plus ``SegmentRewardConfig``'s ``segment_threshold``, ``reference_model`` (flag
-``--ref_model_name_or_path``), ``entropy_batch_size``. ``--dataset_name`` is ``builtin:tiny_prefs``, local
+``ModelConfig``) plus ``SegmentRewardConfig``'s ``segment_threshold``, ``ref_model_name_or_path``,
+``entropy_batch_size``. ``--dataset_name`` is ``builtin:tiny_prefs``, local
 ``.jsonl`` / ``.json`` / ``.csv`` / ``.parquet`` file(s), a ``save_to_disk`` directory or a Hub id, in TRL's
 preference format (``prompt`` / ``chosen`` / ``rejected``, standard or
 conversational).
@@ -74,7 +74,7 @@ def check_inputs(script_args, training_args, model_args):
     from segrl.data_checks import check_length_filter, check_model_path, check_preference_data, load_data
 
     check_model_path(model_args.model_name_or_path, "model_name_or_path")
-    check_model_path(training_args.reference_model, "ref_model_name_or_path", required=False)
+    check_model_path(training_args.ref_model_name_or_path, "ref_model_name_or_path", required=False)
     if script_args.implicit_prompt not in ("warn", "error", "allow"):
         raise ValueError(f"`implicit_prompt` must be one of warn, error, allow; got {script_args.implicit_prompt!r}")
     split = script_args.eval_split

@@ -8,6 +8,7 @@ from trl import DPOConfig
 
 from segrl.asr_options import ASRArguments
 from segrl.checkpoints import ResumeArguments
+from segrl.deprecation import RENAMED_FIELDS_HELP, apply_renamed_fields
 from segrl.token_rewards import TOKEN_REWARD_SOURCES
 
 SEGMENT_SPREAD_MODES = ("even", "end", "repeat")
@@ -41,10 +42,11 @@ class ASRDPOConfig(ASRArguments, ResumeArguments, DPOConfig):
 
         token_reward_source (`str`, *optional*, defaults to `"columns"`):
             `"columns"`: dataset columns `chosen_token_rewards` / `rejected_token_rewards`;
-            `"segment_rm"`: a segment reward model (`token_reward_model`); `"implicit"`:
+            `"segment_rm"`: a segment reward model (`reward_model_path`); `"implicit"`:
             `implicit_beta * (log pi - log pi_ref)` of the pair `implicit_policy` / `implicit_ref`.
-        token_reward_model (`str`, *optional*):
-            Path of a saved `segrl.rm.SegmentRewardModel` (for `"segment_rm"`).
+        reward_model_path (`str`, *optional*):
+            Path of a saved `segrl.rm.SegmentRewardModel` (for `"segment_rm"`). Deprecated name:
+            `token_reward_model` (still accepted, with a `FutureWarning`).
         token_reward_mode (`str`, *optional*, defaults to `"even"`):
             How the segment RM spreads a segment's reward over its tokens: `"even"`, `"end"`, `"repeat"`.
         token_reward_normalize (`bool`, *optional*, defaults to `True`):
@@ -65,13 +67,16 @@ class ASRDPOConfig(ASRArguments, ResumeArguments, DPOConfig):
     token_reward_source: str = field(
         default="columns",
         metadata={"help": "Where token rewards come from: 'columns' (chosen_token_rewards / rejected_token_rewards "
-                          "in the dataset), 'segment_rm' (token_reward_model) or 'implicit' (implicit_policy / "
+                          "in the dataset), 'segment_rm' (reward_model_path) or 'implicit' (implicit_policy / "
                           "implicit_ref).",
                   "choices": list(TOKEN_REWARD_SOURCES)},
     )
-    token_reward_model: str | None = field(
+    reward_model_path: str | None = field(
         default=None,
         metadata={"help": "Path of a saved segrl segment reward model (token_reward_source='segment_rm')."},
+    )
+    token_reward_model: str | None = field(
+        default=None, metadata={"help": RENAMED_FIELDS_HELP.format(new="reward_model_path")}
     )
     token_reward_mode: str = field(
         default="even",
@@ -99,6 +104,7 @@ class ASRDPOConfig(ASRArguments, ResumeArguments, DPOConfig):
     )
 
     def __post_init__(self):
+        apply_renamed_fields(self, {"token_reward_model": "reward_model_path"})
         super().__post_init__()  # TRL's checks, then the ASR fields' (ASRArguments)
         if self.token_reward_source not in TOKEN_REWARD_SOURCES:
             raise ValueError(f"`token_reward_source` must be one of {TOKEN_REWARD_SOURCES}, got "

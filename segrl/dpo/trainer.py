@@ -81,7 +81,7 @@ class ASRDPOTrainer(CompleteCheckpointsMixin, DPOTrainer):
         token_reward_model (*optional*):
             An already-loaded segment reward model (anything with `score_token_ids(prompt_ids,
             response_ids, mode=, normalize=, batch_size=)` and a `tokenizer`); overrides
-            `args.token_reward_model`.
+            `args.reward_model_path`.
         implicit_models (`tuple`, *optional*):
             `(policy, ref_model)` modules (or paths) for `token_reward_source="implicit"`; override
             `args.implicit_policy` / `args.implicit_ref`.
@@ -176,10 +176,10 @@ class ASRDPOTrainer(CompleteCheckpointsMixin, DPOTrainer):
             return self._reward_source
         if args.token_reward_source == "segment_rm":
             model = self._token_reward_model_arg
-            model = args.token_reward_model if model is None else model
+            model = args.reward_model_path if model is None else model
             if model is None:
-                raise ValueError("token_reward_source='segment_rm' needs `token_reward_model` (a path in the config, "
-                                 "or a SegmentRewardModel passed to the trainer)")
+                raise ValueError("token_reward_source='segment_rm' needs `reward_model_path` (a path in the config, "
+                                 "or a SegmentRewardModel passed to the trainer as `token_reward_model=`)")
             self._reward_source = SegmentRMRewards(
                 model, policy_tokenizer=self._tokenizer, mode=args.token_reward_mode,
                 normalize=args.token_reward_normalize, batch_size=args.token_reward_batch_size, device=args.device,

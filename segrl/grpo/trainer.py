@@ -24,6 +24,7 @@ from segrl._distributed import global_auto_delta, global_baseline
 from segrl._trl_compat import check_trl_compat
 from segrl.asr_options import ASRArguments
 from segrl.checkpoints import CompleteCheckpointsMixin, ResumeArguments
+from segrl.deprecation import RENAMED_FIELDS_HELP, apply_renamed_fields
 from segrl.ppo.config import apply_asr_alias
 from segrl.ppo.trainer import response_mask_from
 
@@ -44,8 +45,11 @@ class SegmentGRPOConfig(ASRArguments, ResumeArguments, GRPOConfig):
                   "choices": ["none", "asr", "tokenwise", "stepwise"]},
     )
 
-    segment_reward_model: str | None = field(
+    reward_model_path: str | None = field(
         default=None, metadata={"help": "Segment RM (segrl train-rm + fit-norm) giving the dense rewards: path or hub id."}
+    )
+    segment_reward_model: str | None = field(
+        default=None, metadata={"help": RENAMED_FIELDS_HELP.format(new="reward_model_path")}
     )
     segment_threshold: float | None = field(
         default=None, metadata={"help": "Entropy threshold override: inf bandit, 0 token, else segment (default: the RM's)."}
@@ -55,6 +59,7 @@ class SegmentGRPOConfig(ASRArguments, ResumeArguments, GRPOConfig):
     )
 
     def __post_init__(self):
+        apply_renamed_fields(self, {"segment_reward_model": "reward_model_path"})
         apply_asr_alias(self)
         super().__post_init__()  # the ASR fields, then TRL's GRPOConfig checks
 
@@ -85,7 +90,7 @@ class SegmentGRPOTrainer(CompleteCheckpointsMixin, GRPOTrainer):
     """``GRPOTrainer`` whose advantages are dense (B, T) segment advantages from a segment RM.
 
     Pass ``segment_reward_model`` (a loaded :class:`segrl.rm.SegmentRewardModel`) or set
-    ``args.segment_reward_model``. When ``reward_funcs`` is omitted, the RM's own sequence
+    ``args.reward_model_path``. When ``reward_funcs`` is omitted, the RM's own sequence
     classifier is the reward function, so TRL's logged ``reward`` is the RM's ordinary score.
     """
 
@@ -94,9 +99,9 @@ class SegmentGRPOTrainer(CompleteCheckpointsMixin, GRPOTrainer):
         from segrl.rm.model import SegmentRewardModel
 
         if segment_reward_model is None:
-            if args is None or not args.segment_reward_model:
-                raise ValueError("`segment_reward_model` (or `args.segment_reward_model`) is required")
-            segment_reward_model = SegmentRewardModel.from_pretrained(args.segment_reward_model)
+            if args is None or not args.reward_model_path:
+                raise ValueError("`args.reward_model_path` (or a loaded `segment_reward_model=`) is required")
+            segment_reward_model = SegmentRewardModel.from_pretrained(args.reward_model_path)
         if args is not None and args.segment_threshold is not None:
             segment_reward_model.threshold = float(args.segment_threshold)
         if segment_reward_model.normalizer is None:

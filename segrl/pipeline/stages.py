@@ -265,7 +265,7 @@ class Pipeline:
         eval_ds = Dataset.from_list([{k: r[k] for k in cols} for r in evals])
         shutil.rmtree(out, ignore_errors=True)
         args = SegmentRewardConfig(
-            **trainer_common(out, seed), segment_threshold=threshold, reference_model=str(sft_dir),
+            **trainer_common(out, seed), segment_threshold=threshold, ref_model_name_or_path=str(sft_dir),
             per_device_train_batch_size=s.batch_size, num_train_epochs=s.epochs, learning_rate=s.learning_rate,
             lr_scheduler_type="cosine", warmup_steps=5, entropy_batch_size=64, dataset_num_proc=None,
             segment_loss=s.segment_loss,

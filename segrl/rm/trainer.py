@@ -30,6 +30,7 @@ from trl.trainer.utils import pad
 
 from segrl._trl_compat import check_trl_compat
 from segrl.checkpoints import CompleteCheckpointsMixin, ResumeArguments
+from segrl.deprecation import RENAMED_FIELDS_HELP, apply_renamed_fields
 from segrl.rm.data import tokenize_preference_dataset
 from segrl.rm.entropy import (
     DEFAULT_SEGMENT_TARGET_LENGTH,
@@ -74,9 +75,11 @@ class SegmentRewardConfig(ResumeArguments, RewardConfig):
             have mean length ``segment_target_length``; the saved RM stores the resolved number.
         segment_target_length (`float`, defaults to `4.0`):
             Mean segment length in tokens that ``segment_threshold="auto"`` aims for.
-        reference_model (`str`, *optional*):
+        ref_model_name_or_path (`str`, *optional*):
             Path or Hub id of the frozen reference (SFT) causal LM whose entropy cuts segments. Defaults
-            to the model the RM is initialised from. Must share the RM's tokenizer.
+            to the model the RM is initialised from. Must share the RM's tokenizer. Deprecated name:
+            `reference_model` (still accepted, with a `FutureWarning`); the saved RM's `config.json`
+            keeps the key `reference_model`.
         entropy_batch_size (`int`, defaults to `8`):
             Rows per reference forward pass when the entropies are precomputed.
         reference_model_init_kwargs (`dict`, *optional*):
@@ -105,12 +108,15 @@ class SegmentRewardConfig(ResumeArguments, RewardConfig):
         default=DEFAULT_SEGMENT_TARGET_LENGTH,
         metadata={"help": "Mean segment length (tokens) that segment_threshold='auto' aims for; >= 1."},
     )
-    reference_model: str | None = field(
+    ref_model_name_or_path: str | None = field(
         default=None,
         metadata={
             "help": "Path or Hub id of the frozen reference (SFT) causal LM whose next-token entropy cuts segments. "
             "Defaults to the model the RM is initialised from. Must use the same tokenizer."
         },
+    )
+    reference_model: str | None = field(
+        default=None, metadata={"help": RENAMED_FIELDS_HELP.format(new="ref_model_name_or_path")}
     )
     entropy_batch_size: int = field(
         default=8, metadata={"help": "Rows per reference-model forward pass when precomputing entropies."}
@@ -133,6 +139,7 @@ class SegmentRewardConfig(ResumeArguments, RewardConfig):
     )
 
     def __post_init__(self):
+        apply_renamed_fields(self, {"reference_model": "ref_model_name_or_path"})
         parse_segment_loss(self.segment_loss, "segment_loss")
         self.segment_threshold = parse_threshold(self.segment_threshold, "segment_threshold", allow_auto=True)
         target = self.segment_target_length
@@ -186,7 +193,7 @@ class SegmentRewardTrainer(CompleteCheckpointsMixin, RewardTrainer):
             ``AutoModelForSequenceClassification(num_labels=1)``) or such a model.
         args: a :class:`SegmentRewardConfig`.
         ref_model: optional frozen reference causal LM (module, path or id); overrides
-            ``args.reference_model``. Default: the RM's init model.
+            ``args.ref_model_name_or_path``. Default: the RM's init model.
         **kwargs: everything else ``RewardTrainer`` takes (``train_dataset``, ``eval_dataset``,
             ``processing_class``, ``peft_config``, ``callbacks``, ...).
 
@@ -211,7 +218,7 @@ class SegmentRewardTrainer(CompleteCheckpointsMixin, RewardTrainer):
         self.segment_threshold = args.segment_threshold
         # The reference is only needed to precompute entropies (inside super().__init__ ->
         # _prepare_dataset); it is loaded lazily and dropped afterwards unless the caller owns it.
-        reference = ref_model if ref_model is not None else args.reference_model
+        reference = ref_model if ref_model is not None else args.ref_model_name_or_path
         if reference is None:
             reference = model if isinstance(model, str) else (getattr(model.config, "_name_or_path", "") or None)
         if isinstance(reference, (str, os.PathLike)):
@@ -263,8 +270,8 @@ class SegmentRewardTrainer(CompleteCheckpointsMixin, RewardTrainer):
         if self._reference_module is None:
             if self._reference is None:
                 raise ValueError(
-                    "`reference_model` is not set and the model has no `_name_or_path`: pass ref_model=... or "
-                    "SegmentRewardConfig(reference_model=...)"
+                    "`ref_model_name_or_path` is not set and the model has no `_name_or_path`: pass ref_model=... or "
+                    "SegmentRewardConfig(ref_model_name_or_path=...)"
                 )
             init_kwargs = dict(self._init_args.reference_model_init_kwargs or {})
             ref = load_reference_model(self._reference, device=self._init_args.device, **init_kwargs)

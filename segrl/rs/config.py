@@ -8,6 +8,7 @@ from trl import SFTConfig
 
 from segrl.asr_options import ASRArguments
 from segrl.checkpoints import ResumeArguments
+from segrl.deprecation import RENAMED_FIELDS_HELP, apply_renamed_fields
 
 SEQUENCE_SCORES = ("rm", "sum", "mean")
 SELECTIONS = ("best", "threshold")
@@ -35,7 +36,8 @@ class ASRRejectionSamplingConfig(ASRArguments, ResumeArguments, SFTConfig):
 
         > Scoring and selection
 
-        reward_model (`str`, *optional*): path of a saved `segrl.rm.SegmentRewardModel`.
+        reward_model_path (`str`, *optional*): path of a saved `segrl.rm.SegmentRewardModel` (deprecated
+            name: `reward_model`, still accepted with a `FutureWarning`).
         sequence_score (`str`, defaults to `"rm"`): a response's score: the RM's own sequence score
             (`"rm"`: mean segment reward, docs/method.md#segment-rm), or the `"sum"` / `"mean"` of its token rewards.
         selection (`str`, defaults to `"best"`): `"best"` of K per prompt, or every response with score
@@ -71,7 +73,12 @@ class ASRRejectionSamplingConfig(ASRArguments, ResumeArguments, SFTConfig):
     top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling probability mass."})
     top_k: int = field(default=0, metadata={"help": "Top-k sampling (0 disables it)."})
     generation_batch_size: int = field(default=8, metadata={"help": "Prompts per generate call."})
-    reward_model: str | None = field(default=None, metadata={"help": "Path of a saved segrl segment reward model."})
+    reward_model_path: str | None = field(
+        default=None, metadata={"help": "Path of a saved segrl segment reward model."}
+    )
+    reward_model: str | None = field(
+        default=None, metadata={"help": RENAMED_FIELDS_HELP.format(new="reward_model_path")}
+    )
     sequence_score: str = field(
         default="rm",
         metadata={"help": "Response score: 'rm' (the RM's mean segment reward), or 'sum' / 'mean' of its token "
@@ -98,6 +105,7 @@ class ASRRejectionSamplingConfig(ASRArguments, ResumeArguments, SFTConfig):
     )
 
     def __post_init__(self):
+        apply_renamed_fields(self, {"reward_model": "reward_model_path"})
         super().__post_init__()  # TRL's checks, then the ASR fields' (ASRArguments)
         for name in ("num_candidates", "max_new_tokens", "generation_batch_size", "reward_batch_size"):
             if getattr(self, name) < 1:

@@ -46,7 +46,7 @@ def run(pipeline, seed: int, spec, out: Path, sft: dict):
         warmup_steps=s.warmup_steps, **loss_args(s, spec), mask_type=spec.mask,
         asr_baseline=spec.baseline or s.asr_baseline, asr_delta=s.asr_delta, asr_delta_quantile=s.asr_delta_quantile,
         token_reward_source=source,
-        token_reward_model=str(pipeline.rm_dir(seed, spec.rm_arm)) if spec.rm_arm else None,
+        reward_model_path=str(pipeline.rm_dir(seed, spec.rm_arm)) if spec.rm_arm else None,
         implicit_policy=str(pipeline.run_dir(seed, "dpo") / "model") if implicit else None,
         implicit_ref=str(sft_dir) if implicit else None, implicit_beta=s.implicit_beta,
         token_reward_batch_size=64, dataset_num_proc=None,

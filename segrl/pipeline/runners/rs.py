@@ -25,7 +25,7 @@ def rs_args(pipeline, seed: int, spec, out: Path, mask: str):
     return ASRRejectionSamplingConfig(
         **trainer_common(out, seed), num_candidates=s.num_candidates,
         max_new_tokens=pipeline.ppo_settings.max_new_tokens, temperature=s.temperature,
-        reward_model=str(pipeline.rm_dir(seed, spec.rm_arm)), mask_type=mask,
+        reward_model_path=str(pipeline.rm_dir(seed, spec.rm_arm)), mask_type=mask,
         asr_baseline=spec.baseline or asr.asr_baseline, asr_delta=asr.asr_delta,
         asr_delta_quantile=asr.asr_delta_quantile, max_steps=s.steps,
         per_device_train_batch_size=s.batch_size, learning_rate=s.learning_rate * spec.lr_scale,
