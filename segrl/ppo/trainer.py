@@ -100,6 +100,13 @@ class SegmentPPOTrainer:
             cpu=args.use_cpu, log_with=None if args.report_to == "none" else args.report_to, project_dir=args.output_dir,
             mixed_precision="bf16" if args.bf16 else "fp16" if args.fp16 else "no",
         )
+        from accelerate.utils import DistributedType
+
+        if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
+            raise ValueError("segrl ppo does not run under DeepSpeed yet (it trains a policy and a critic through one "
+                             "Accelerator, which accelerate refuses under DeepSpeed): launch with DDP "
+                             "(examples/accelerate/multi_gpu.yaml), LoRA and gradient checkpointing, or use the verl "
+                             "plugin (docs/scale-out.md)")
         set_seed(args.seed)
         self.prompt_ids = self._tokenize_prompts(prompts)
         self.eval_prompt_ids = self._tokenize_prompts(eval_prompts, "eval_prompts") if eval_prompts is not None else None
@@ -232,15 +239,22 @@ class SegmentPPOTrainer:
                 min_new_tokens=args.min_new_tokens, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
                 use_cache=True, return_dict_in_generate=True, output_logits=True, **sampling,
             )
-        responses = out.sequences[:, context_length:]
+        sequences = out.sequences if hasattr(out, "sequences") else out  # a replaced generate may return ids only
+        responses = sequences[:, context_length:]
         response_mask, truncated = response_mask_from(responses, tok.eos_token_id)
         if responses.shape[1] == 0 or not bool(response_mask.any()):
             raise RuntimeError("generation produced no response tokens; check max_new_tokens and the EOS token")
         width = int(response_mask.sum(dim=1).max())
         responses, response_mask = responses[:, :width], response_mask[:, :width]
         responses = responses.masked_fill(~response_mask, tok.pad_token_id)
-        logits = torch.stack(out.logits[:width], dim=1).float()  # raw logits, before any sampling processor
-        logprobs = selective_log_softmax(logits / args.temperature, responses)
+        if getattr(out, "logits", None) is not None:
+            logits = torch.stack(out.logits[:width], dim=1).float()  # raw logits, before any sampling processor
+            logprobs = selective_log_softmax(logits / args.temperature, responses)
+        else:  # no logits came back: one policy forward
+            with self.accelerator.autocast():
+                logprobs = self._logprobs(policy, torch.cat([prompts, responses], dim=1),
+                                          torch.cat([prompt_mask.bool(), response_mask], dim=1).long(),
+                                          context_length, responses)
         return prompts, prompt_mask, responses, response_mask, truncated, logprobs
 
     @torch.no_grad()
@@ -428,10 +442,11 @@ class SegmentPPOTrainer:
             "kl": t["kl"] / rows,
             "response_length": t["response_length"] / rows,
             "truncated_fraction": t["truncated_fraction"] / rows,
-            "segments_per_response": t["segments_per_response"] / rows,
-            "mean_segment_length": t["segment_tokens"] / max(t["segments_per_response"], 1.0),
-            "kept_token_fraction": t["kept_tokens"] / tokens,
-            "asr_fallbacks": t["asr_fallbacks"],
+            # the segment RM's segments (README "Logged metrics": rm/* and asr/* as in every trainer)
+            "rm/segments_per_response": t["segments_per_response"] / rows,
+            "rm/mean_segment_length": t["segment_tokens"] / max(t["segments_per_response"], 1.0),
+            "asr/kept_token_fraction": t["kept_tokens"] / tokens,
+            "asr/fallbacks": t["asr_fallbacks"],
             **({"asr/delta": self.asr_delta} if self.args.mask_type == "asr" else {}),
         }
 
@@ -487,13 +502,15 @@ class SegmentPPOTrainer:
                 start = time.perf_counter()
                 metrics.update(self.update(batch))
                 self.timings["update"] = time.perf_counter() - start
-                metrics.update({f"time_{k}_s": v for k, v in self.timings.items()})
+                metrics.update({f"time_{k}_s": self.timings[k] for k in ("rollout", "scoring", "update")})
                 self.iteration += 1
                 metrics["iteration"] = self.iteration
                 metrics["episode"] = self.iteration * args.rollout_batch_size * acc.num_processes
                 if args.eval_steps and self.iteration % args.eval_steps == 0:
+                    start = time.perf_counter()
                     eval_metrics = self.evaluate()
                     metrics.update(eval_metrics)
+                    metrics["time_eval_s"] = self.timings["eval"] = time.perf_counter() - start
                     for callback in self.callbacks:
                         callback.on_evaluate(self, eval_metrics)
                 self.history.append(metrics)
