@@ -177,8 +177,8 @@ def main(argv=None) -> int:
                 if step >= args.warmup:
                     times.append(time.perf_counter() - t0)
         seg_trainer = trainers[f"segment RM (c = {args.threshold:g})"]
-        segs = seg_trainer._metrics["train"]["segments_per_response"]
-        seg_len = seg_trainer._metrics["train"]["mean_segment_length"]
+        segs = seg_trainer._metrics["train"]["rm/segments_per_response"]
+        seg_len = seg_trainer._metrics["train"]["rm/mean_segment_length"]
         overhead_ms = segment_overhead_ms(seg_trainer, runs[f"segment RM (c = {args.threshold:g})"][1], args)
 
     medians = {name: statistics.median(t) for name, (_, _, t) in runs.items()}

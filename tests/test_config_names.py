@@ -157,3 +157,16 @@ def test_fast_help_lists_the_old_field_on_the_new_name(command, old, new):
     flat = " ".join(text.split())  # help lines are wrapped
     assert f"--{new}" in text and f"[deprecated name: --{old}]" in flat
     assert f"\n  --{old} " not in text  # not an option of its own
+
+
+# ---------------------------------------------------------------------------------------- metric names
+
+
+def test_pipeline_readers_take_the_namespaced_metric_and_the_old_key():
+    from segrl.pipeline.runners.common import metric
+
+    assert metric({"asr/kept_token_fraction": 0.4, "kept_token_fraction": 0.9}, "asr/kept_token_fraction",
+                  "kept_token_fraction") == 0.4  # the new key wins
+    assert metric({"rs/kept_token_fraction": 0.7}, "asr/kept_token_fraction", "rs/kept_token_fraction") == 0.7
+    assert metric({"segments_per_response": 3.0}, "rm/segments_per_response", "segments_per_response") == 3.0
+    assert metric({}, "rm/segments_per_response", "segments_per_response") is None

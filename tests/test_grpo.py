@@ -73,9 +73,9 @@ def test_grpo_trains_with_dense_advantages(rm_env, segment_rm, tmp_path, asr):
     changed = [n for n, p in trainer.model.named_parameters() if not torch.equal(before[n], p.detach())]
     assert len(changed) == len(before)
     logged = {k for entry in trainer.state.log_history for k in entry}
-    assert "segments_per_response" in logged
+    assert "rm/segments_per_response" in logged  # README "Logged metrics": rm/* and asr/* in every trainer
     if asr:
-        assert "kept_token_fraction" in logged
+        assert {"asr/kept_token_fraction", "asr/fallbacks"} <= logged
 
 
 def test_missing_fit_is_an_error(rm_env, segment_rm, tmp_path):

@@ -52,7 +52,7 @@ def test_ppo_cli_runs_and_resumes(rm_env, fitted_rm, tmp_path, arm):
     assert len(lines) == 2
     first = json.loads(lines[0])
     if arm == "bandit":
-        assert first["segments_per_response"] == 1.0
+        assert first["rm/segments_per_response"] == 1.0
     assert (tmp_path / "ppo" / "checkpoint-2" / "segrl_state.json").exists()
     assert (tmp_path / "ppo" / "config.json").exists() and (tmp_path / "ppo" / "critic" / "config.json").exists()
     # resume from the newest checkpoint and run one more iteration

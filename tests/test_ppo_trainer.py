@@ -70,12 +70,12 @@ def test_reward_rises_for_each_arm(tiny_dir, tmp_path, arm, segment_threshold):
     first = sum(h["reward"] for h in history[:3]) / 3
     last = sum(h["reward"] for h in history[-3:]) / 3
     assert last > first + 0.3, (first, last)
-    segments = history[0]["segments_per_response"]
+    segments = history[0]["rm/segments_per_response"]
     length = history[0]["response_length"]
     if arm == "bandit":
-        assert all(h["segments_per_response"] == 1.0 for h in history)
+        assert all(h["rm/segments_per_response"] == 1.0 for h in history)
     elif arm == "token":  # every token but EOS is a segment (random models never have zero entropy)
-        assert history[0]["mean_segment_length"] == pytest.approx(1.0)  # one token per segment
+        assert history[0]["rm/mean_segment_length"] == pytest.approx(1.0)  # one token per segment
         assert segments >= length - 1 - 1e-6
     else:
         assert 1.0 < segments < length - 1
@@ -84,7 +84,7 @@ def test_reward_rises_for_each_arm(tiny_dir, tmp_path, arm, segment_threshold):
 
 def test_asr_ppo_runs_and_masks(tiny_dir, tmp_path):
     history = make_trainer(tiny_dir, tmp_path, threshold=0.0, asr=True, iterations=3).train()
-    assert all(0.0 < h["kept_token_fraction"] < 1.0 for h in history)
+    assert all(0.0 < h["asr/kept_token_fraction"] < 1.0 for h in history)
 
 
 def test_masked_tokens_get_zero_policy_gradient(tiny_dir, tmp_path):
@@ -149,7 +149,7 @@ def test_tensorboard_logging(tiny_dir, tmp_path):
     acc = EventAccumulator(str(events[0].parent))
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
-    assert {"reward", "kl", "segments_per_response", "policy_loss"} <= tags
+    assert {"reward", "kl", "rm/segments_per_response", "asr/kept_token_fraction", "policy_loss"} <= tags
     assert len(acc.Scalars("reward")) == 2
 
 

@@ -248,11 +248,11 @@ def test_training_updates_every_parameter_and_logs_segment_metrics(rm_env, tmp_p
     unchanged = [n for n, p in before.items() if torch.equal(p, after[n].detach())]
     assert not unchanged, unchanged
     logs = {k: v for entry in trainer.state.log_history for k, v in entry.items()}
-    for key in ("loss", "accuracy", "margin", "segments_per_response", "mean_segment_length",
-                "eval_loss", "eval_accuracy", "eval_segments_per_response", "eval_mean_segment_length"):
+    for key in ("loss", "accuracy", "margin", "rm/segments_per_response", "rm/mean_segment_length",
+                "eval_loss", "eval_accuracy", "eval_rm/segments_per_response", "eval_rm/mean_segment_length"):
         assert key in logs, key
-    assert logs["segments_per_response"] > 1.5  # real segments, not the bandit's single one
-    assert 1.0 <= logs["mean_segment_length"] < 10
+    assert logs["rm/segments_per_response"] > 1.5  # real segments, not the bandit's single one
+    assert 1.0 <= logs["rm/mean_segment_length"] < 10
     # save_model writes the segment settings into config.json.
     trainer.save_model(str(tmp_path / "saved"))
     rm = SegmentRewardModel.from_pretrained(tmp_path / "saved")

@@ -86,7 +86,7 @@ def test_select_best_with_asr_mask_hand_values(tiny, tmp_path):
     # best of each prompt: candidate 1 of prompt 0, candidate 0 of prompt 1
     assert ds["score"] == [0.9, 0.7]
     # batch_mean over ALL candidates: (1 - 1 + 1 + 2 - 2 - 1 + 3 + 0 + 0 + 0) / 10 = 0.3
-    assert s.selection_metrics["rs/baseline"] == pytest.approx(0.3)
+    assert s.selection_metrics["asr/baseline"] == pytest.approx(0.3)
     assert ds["kept"] == [[True, False], [False, True]]
     assert ds["input_ids"][0] == [7, 8, 13, 14]
     assert ds["labels"][0] == [-100, -100, 13, -100]
@@ -94,7 +94,7 @@ def test_select_best_with_asr_mask_hand_values(tiny, tmp_path):
     expected = ops.asr_mask(torch.tensor([[2.0, -2.0]]), torch.ones(1, 2, dtype=torch.bool), torch.tensor([1]),
                             baseline=0.3)
     assert expected.tolist() == [[True, False]]
-    assert s.selection_metrics["rs/kept_token_fraction"] == pytest.approx(2 / 4)
+    assert s.selection_metrics["asr/kept_token_fraction"] == pytest.approx(2 / 4)
     assert s.selection_metrics["rs/acceptance_rate"] == pytest.approx(2 / 4)
     selected = [json.loads(line) for line in open(tmp_path / "rs_selected.jsonl")]
     assert selected[0]["kept"] == [True, False] and selected[0]["seq_sign"] == 1
@@ -109,7 +109,7 @@ def test_auto_delta_is_resolved_over_every_scored_candidate(tiny, tmp_path):
     assert s.selection_metrics["asr/delta"] == pytest.approx(0.58)
     # band [-0.28, 0.88]: [2, -2] -> [+, -]; [-1, 3] -> [-, +]
     assert ds["kept"] == [[True, False], [False, True]]
-    assert s.selection_metrics["rs/kept_token_fraction"] == pytest.approx(2 / 4)
+    assert s.selection_metrics["asr/kept_token_fraction"] == pytest.approx(2 / 4)
 
 
 def test_position_mean_baseline_is_resolved_over_every_candidate(tiny, tmp_path):
@@ -134,7 +134,7 @@ def test_select_threshold_and_plain_rs(tiny, tmp_path):
     ds = s.select(_records())
     assert ds["score"] == [0.9, 0.7]
     assert ds["labels"][0] == [-100, -100, 13, 14]  # plain RS: every response token is trained on
-    assert s.selection_metrics["rs/kept_token_fraction"] == 1.0
+    assert s.selection_metrics["asr/kept_token_fraction"] == 1.0
     with pytest.raises(ValueError, match="no response was accepted"):
         _sampler(tiny, tmp_path, selection="threshold", score_threshold=5.0).select(_records())
 
@@ -165,7 +165,7 @@ def test_training_changes_parameters_and_logs_selection_metrics(tiny, tmp_path):
     assert len(changed) == len(before)
     logs = [h for h in s.trainer.state.log_history if "loss" in h]
     assert len(logs) == 3
-    for key in ("rs/kept_token_fraction", "rs/segments_per_response", "rs/mean_segment_length", "rs/fallbacks",
+    for key in ("asr/kept_token_fraction", "asr/segments_per_response", "asr/mean_segment_length", "asr/fallbacks",
                 "rs/acceptance_rate"):
         assert all(math.isfinite(h[key]) for h in logs), key
     assert (tmp_path / "rs_candidates.jsonl").is_file() and (tmp_path / "model.safetensors").is_file()

@@ -135,7 +135,7 @@ class SegmentGRPOTrainer(CompleteCheckpointsMixin, GRPOTrainer):
         out["advantages"] = advantages
 
         n_seg = seg_valid.sum(1).float()
-        self._metrics[mode]["segments_per_response"].append(self.accelerator.gather(n_seg).mean().item())
+        self._metrics[mode]["rm/segments_per_response"].append(self.accelerator.gather(n_seg).mean().item())
         if self.args.mask_type != "none":
             token_rewards = ops.spread_segment_rewards(seg_norm, segment_ids, mode="even")
             padded = torch.zeros_like(advantages)
@@ -150,8 +150,8 @@ class SegmentGRPOTrainer(CompleteCheckpointsMixin, GRPOTrainer):
             counts = self.accelerator.reduce(
                 torch.stack([(out["completion_mask"] * keep).sum(), out["completion_mask"].sum()]).float(), "sum"
             )
-            self._metrics[mode]["kept_token_fraction"].append((counts[0] / counts[1].clamp(min=1)).item())
-            self._metrics[mode]["asr_fallbacks"].append(self.accelerator.gather(res.fallback.sum()).sum().item())
+            self._metrics[mode]["asr/kept_token_fraction"].append((counts[0] / counts[1].clamp(min=1)).item())
+            self._metrics[mode]["asr/fallbacks"].append(self.accelerator.gather(res.fallback.sum()).sum().item())
             if self.args.mask_type == "asr":
                 self._metrics[mode]["asr/delta"].append(res.delta)
         return out

@@ -202,7 +202,7 @@ class SegmentRewardTrainer(CompleteCheckpointsMixin, RewardTrainer):
     and optionally precomputed ``chosen_entropy`` / ``rejected_entropy``.
 
     Logged metrics (train and eval): TRL's ``accuracy``, ``margin``, ``min/mean/max_reward`` (of
-    sequence scores), plus ``segments_per_response`` and ``mean_segment_length``.
+    sequence scores), plus ``rm/segments_per_response`` and ``rm/mean_segment_length``.
     """
 
     _tag_names = ["trl", "reward-trainer", "segrl", "segment-reward-model"]
@@ -383,8 +383,8 @@ class SegmentRewardTrainer(CompleteCheckpointsMixin, RewardTrainer):
         seg_tokens = (seg.segment_ids >= 0).sum().float()
         n_rows = torch.tensor(float(counts.numel()), device=counts.device)
         totals = gather(torch.stack([counts.sum(), seg_tokens, n_rows]).unsqueeze(0)).sum(0)
-        metrics["segments_per_response"].append((totals[0] / totals[2]).item())
-        metrics["mean_segment_length"].append((totals[1] / totals[0].clamp(min=1)).item())
+        metrics["rm/segments_per_response"].append((totals[0] / totals[2]).item())
+        metrics["rm/mean_segment_length"].append((totals[1] / totals[0].clamp(min=1)).item())
 
 
 def _vocab_rows(model, args) -> int | None:

@@ -191,8 +191,9 @@ class ASRRejectionSampler:
 
     Attributes:
         selection_metrics: after :meth:`select`: `rs/acceptance_rate`, `rs/mean_score`,
-            `rs/mean_score_selected`, `rs/kept_token_fraction`, `rs/segments_per_response`,
-            `rs/mean_segment_length`, `rs/fallbacks`, `rs/baseline`; logged with every SFT log line.
+            `rs/mean_score_selected`, and the mask's `asr/kept_token_fraction`, `asr/segments_per_response`,
+            `asr/mean_segment_length`, `asr/fallbacks`, `asr/baseline` (`asr/delta`); logged with every SFT
+            log line.
         trainer: the `SFTTrainer` of the last :meth:`train`.
     """
 
@@ -428,8 +429,8 @@ class ASRRejectionSampler:
         if not self.args.needs_token_rewards:
             n_tok = sum(map(len, completions))
             return [[True] * len(c) for c in completions], {
-                "rs/kept_token_fraction": 1.0, "rs/segments_per_response": 1.0,
-                "rs/mean_segment_length": n_tok / len(completions), "rs/fallbacks": 0.0, "rs/baseline": 0.0,
+                "asr/kept_token_fraction": 1.0, "asr/segments_per_response": 1.0,
+                "asr/mean_segment_length": n_tok / len(completions), "asr/fallbacks": 0.0, "asr/baseline": 0.0,
             }
         options = self.args.mask_kwargs()
         # Baselines and "auto" delta are resolved once over every scored candidate, accepted or not
@@ -477,13 +478,13 @@ class ASRRejectionSampler:
             totals += km.counts(mask).cpu()
             keep_lists += [km.keep[j, : len(c)].tolist() for j, c in enumerate(ids)]
         kept, tokens, segments, in_segments, fallbacks, rows, baseline_sum = totals.tolist()
-        stats = {"rs/kept_token_fraction": kept / tokens if tokens else 0.0, "rs/fallbacks": fallbacks,
-                 "rs/baseline": baseline_sum / max(rows, 1)}
+        stats = {"asr/kept_token_fraction": kept / tokens if tokens else 0.0, "asr/fallbacks": fallbacks,
+                 "asr/baseline": baseline_sum / max(rows, 1)}
         if options["kind"] == "asr":
             stats["asr/delta"] = float(options["delta"])
         if options["kind"] != "tokenwise":
-            stats["rs/segments_per_response"] = segments / rows if rows else 0.0
-            stats["rs/mean_segment_length"] = in_segments / segments if segments else 0.0
+            stats["asr/segments_per_response"] = segments / rows if rows else 0.0
+            stats["asr/mean_segment_length"] = in_segments / segments if segments else 0.0
         return keep_lists, stats
 
     def _save_selected(self, dataset, accepted, token_level=None) -> None:

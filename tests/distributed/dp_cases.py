@@ -264,8 +264,8 @@ def case_rm(work: Path, out: Path, name: str, ga: int = 1) -> None:
         "world": trainer.accelerator.num_processes, "deepspeed": trainer.is_deepspeed_enabled,
         "losses": log_series(trainer, "loss")["loss"],
         "strict": log_series(trainer, "grad_norm"),
-        "metrics": log_series(trainer, "accuracy", "margin", "mean_reward", "segments_per_response",
-                              "mean_segment_length"),
+        "metrics": log_series(trainer, "accuracy", "margin", "mean_reward", "rm/segments_per_response",
+                              "rm/mean_segment_length"),
         "batches": global_batches(rec.calls, STEPS, ga),
     }
     write_result(out, name, result, trainer_state(trainer))
@@ -500,7 +500,7 @@ def case_rs(work: Path, out: Path, name: str) -> None:
         "world": trainer.accelerator.num_processes, "deepspeed": trainer.is_deepspeed_enabled,
         "losses": log_series(trainer, "loss")["loss"],
         "strict": log_series(trainer, "grad_norm"),
-        "metrics": {**log_series(trainer, "rs/kept_token_fraction", "rs/baseline")},
+        "metrics": {**log_series(trainer, "asr/kept_token_fraction", "asr/baseline")},
         "batches": global_batches(recorders[0].calls, steps),
         "extra": {"sampled_fingerprints_per_rank": per_rank_samples,
                   "kept_tokens_per_half_per_step": per_rank_tokens},
@@ -660,8 +660,8 @@ def case_ppo(work: Path, out: Path, name: str, mini_batches: int = 1, ga: int = 
                    "critic_grad_norm": grad_norms[1::2], "asr_delta": [h["asr/delta"] for h in history]},
         "metrics": {
                     "rank0_policy_loss": [h["policy_loss"] for h in history],
-                    **{k: [h[k] for h in history] for k in ("reward", "kept_token_fraction", "segments_per_response",
-                                                             "mean_segment_length", "kl")}},
+                    **{k: [h[k] for h in history] for k in ("reward", "asr/kept_token_fraction", "rm/segments_per_response",
+                                                             "rm/mean_segment_length", "kl")}},
         "batches": None,
         "extra": {"armed": armed, "kept_tokens_per_rank_per_iteration": local_keep, "masks": masks,
                   "asr_delta": [h["asr/delta"] for h in history]},
@@ -772,7 +772,7 @@ def case_grpo(work: Path, out: Path, name: str, baseline: str = "batch_mean", ga
         "world": trainer.accelerator.num_processes, "deepspeed": trainer.is_deepspeed_enabled,
         "losses": log_series(trainer, "loss")["loss"],
         "strict": {**log_series(trainer, "grad_norm"), "asr_delta": deltas},
-        "metrics": log_series(trainer, "kl", "kept_token_fraction", "segments_per_response", "reward"),
+        "metrics": log_series(trainer, "kl", "asr/kept_token_fraction", "rm/segments_per_response", "reward"),
         "batches": batches,
         "extra": {"armed": armed, "masks": masks, "asr_delta": deltas},
     }

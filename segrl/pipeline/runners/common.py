@@ -5,13 +5,22 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-__all__ = ["mean", "quiet_trainer", "random_like", "random_rewards", "trainer_common"]
+__all__ = ["mean", "metric", "quiet_trainer", "random_like", "random_rewards", "trainer_common"]
 
 
 def mean(values):
     """Mean of the non-``None`` values, ``None`` when there are none."""
     values = [v for v in values if v is not None]
     return sum(values) / len(values) if values else None
+
+
+def metric(logs: dict, name: str, *old_names: str):
+    """``logs[name]``, else the first of its ``old_names`` present (logs written before the metric
+    namespaces of README "Logged metrics", e.g. a resumed run's history), else ``None``."""
+    for key in (name, *old_names):
+        if key in logs:
+            return logs[key]
+    return None
 
 
 def random_like(lists, rng: random.Random) -> list[list[float]]:

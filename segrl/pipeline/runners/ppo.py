@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from segrl.pipeline.pairs import train_prompts
-from segrl.pipeline.runners.common import mean
+from segrl.pipeline.runners.common import mean, metric
 
 
 def run(pipeline, seed: int, spec, out: Path, sft: dict):
@@ -46,8 +46,9 @@ def run(pipeline, seed: int, spec, out: Path, sft: dict):
     history = trainer.train()
     model = trainer.accelerator.unwrap_model(trainer.policy)
     extra = {
-        "kept_token_fraction": mean([h["kept_token_fraction"] for h in history]),
-        "segments_per_response": mean([h["segments_per_response"] for h in history]),
+        "kept_token_fraction": mean([metric(h, "asr/kept_token_fraction", "kept_token_fraction") for h in history]),
+        "segments_per_response": mean([metric(h, "rm/segments_per_response", "segments_per_response")
+                                       for h in history]),
         "train_log": history,
     }
     shutil.rmtree(out / "trainer", ignore_errors=True)

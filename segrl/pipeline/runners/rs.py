@@ -11,7 +11,7 @@ from segrl.pipeline.cache import read_json, write_json, write_jsonl
 from segrl.pipeline.evaluation import EvalCallback
 from segrl.pipeline.pairs import train_prompts
 from segrl.pipeline.progress import RichTrainerProgress
-from segrl.pipeline.runners.common import numeric_logs, random_like, trainer_common
+from segrl.pipeline.runners.common import metric, numeric_logs, random_like, trainer_common
 from segrl.pipeline.settings import settings_key
 
 CANDIDATE_FIELDS = ("prompt", "candidates", "scores", "token_rewards", "prompt_ids", "candidate_ids")
@@ -86,8 +86,8 @@ def run(pipeline, seed: int, spec, out: Path, sft: dict):
     trainer = sampler.trainer
     m = sampler.selection_metrics
     extra = {
-        "kept_token_fraction": m.get("rs/kept_token_fraction"),
-        "segments_per_response": m.get("rs/segments_per_response"),
+        "kept_token_fraction": metric(m, "asr/kept_token_fraction", "rs/kept_token_fraction"),
+        "segments_per_response": metric(m, "asr/segments_per_response", "rs/segments_per_response"),
         "selection": {k.removeprefix("rs/"): v for k, v in m.items()},
         "selected_quality": quality,
         "train_log": numeric_logs(trainer.state.log_history),
