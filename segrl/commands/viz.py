@@ -84,6 +84,9 @@ class VizConfig:
     max_rows: int = field(default=12, metadata={"help": "Rows drawn in the PNG (the HTML shows all)."})
     dpi: int = field(default=150, metadata={"help": "PNG resolution."})
 
+    def __post_init__(self):
+        self.delta = parse_delta(self.delta, "delta")
+
 
 def parse_config(argv: list[str]) -> VizConfig:
     """Parse flags (and ``--config x.yaml``) into a :class:`VizConfig`."""
@@ -167,7 +170,7 @@ def add_asr(rows: list[dict], cfg: VizConfig) -> tuple[list[dict], float | None]
     mask = mask.bool()
     signs = torch.tensor([row_seq_sign(r["extra"], i) for i, r in enumerate(rows)], dtype=torch.long)
     view = asr_view(rewards, mask, signs, baseline=parse_baseline(cfg.baseline),
-                    delta=parse_delta(cfg.delta, "delta"), delta_quantile=cfg.delta_quantile,
+                    delta=cfg.delta, delta_quantile=cfg.delta_quantile,
                     neutral=cfg.neutral, empty=cfg.empty)
     out = []
     for b, row in enumerate(rows):
@@ -253,7 +256,7 @@ def rows_from_models(cfg: VizConfig) -> tuple[list[dict], float | None]:
         return rows, None
     signs = torch.tensor([1 if s == "chosen" else -1 for s in sides], dtype=torch.long)
     view = asr_view(rewards, batch.mask, signs, baseline=parse_baseline(cfg.baseline),
-                    delta=parse_delta(cfg.delta, "delta"), delta_quantile=cfg.delta_quantile,
+                    delta=cfg.delta, delta_quantile=cfg.delta_quantile,
                     neutral=cfg.neutral, empty=cfg.empty)
     rows = rows_from_tensors(batch.tokens, rewards, batch.mask, view.segment_ids, view.kept, titles)
     for row, prompt, side, fallback in zip(rows, prompts, sides, view.fallback.tolist()):
