@@ -200,3 +200,17 @@ def test_periodic_evaluation_and_callback(tiny_dir, tmp_path):
     assert all(h["time_rollout_s"] > 0 and h["time_scoring_s"] > 0 and h["time_update_s"] > 0 for h in history)
     with pytest.raises(ValueError, match="eval_prompts"):
         make(tiny_dir, tmp_path, eval_steps=1)
+
+
+def test_rollout_logprobs_from_generate_equal_a_forward_pass(tiny_dir, tmp_path):
+    """The rollout reads the policy's log-probs from generate's logits (no second forward): they must be
+    the log-probs of the sampled tokens at the sampling temperature, position by position."""
+    trainer = make(tiny_dir, tmp_path, num_iterations=1, temperature=0.7, max_new_tokens=10)
+    batch = trainer.rollout(trainer._prompt_batch(0))
+    ids, mask, ctx = batch["query_responses"], batch["attention_mask"], int(batch["context_length"])
+    policy = trainer.accelerator.unwrap_model(trainer.policy)
+    expected = trainer._logprobs(policy, ids, mask, ctx, batch["responses"])  # divides by the temperature
+    valid = batch["response_mask"]
+    assert valid.sum() > valid.shape[0]  # several tokens per row: an off-by-one position would show
+    torch.testing.assert_close(batch["logprobs"][valid], expected[valid], rtol=1e-4, atol=1e-4)
+    assert (batch["logprobs"][~valid] == 0).all()
