@@ -23,7 +23,8 @@ def run(pipeline, seed: int, spec, out: Path, sft: dict):
     sft_dir = pipeline.sft_dir(seed)
     rm = SegmentRewardModel.from_pretrained(pipeline.rm_dir(seed, spec.rm_arm))
     args = SegmentPPOConfig(
-        output_dir=str(out / "trainer"), num_iterations=s.iterations, rollout_batch_size=s.rollout_batch_size,
+        output_dir=str(out / "trainer"), total_episodes=s.iterations * s.rollout_batch_size,  # one process
+        rollout_batch_size=s.rollout_batch_size,
         mini_batch_size=s.mini_batch_size, ppo_epochs=s.ppo_epochs, max_new_tokens=s.max_new_tokens,
         temperature=s.temperature, learning_rate=s.learning_rate * spec.lr_scale,
         critic_learning_rate=s.critic_learning_rate, kl_coef=s.kl_coef, asr=spec.mask == "asr",
