@@ -205,6 +205,7 @@ def main() -> None:
     parser.add_argument("--lengths", default="64,128,256,512")
     parser.add_argument("--rollouts", default="8,16")
     parser.add_argument("--no-trl", action="store_true", help="skip TRL 1.12 (only the segrl rows and the table)")
+    parser.add_argument("--scaling-only", action="store_true", help="only the --scaling table (no throughput rows)")
     opts = parser.parse_args()
     hidden = opts.hidden or (64 if opts.quick else 256)
     layers = opts.layers or (2 if opts.quick else 4)
@@ -230,6 +231,15 @@ def main() -> None:
         "rollout": 16, "mini": 4, "length": 32 if not opts.quick else 16,
         "iterations": 3 if opts.quick else 6, "threshold": threshold,
     }
+    if opts.scaling_only:
+        table, rows = scaling_table(cfg, [int(x) for x in opts.lengths.split(",")],
+                                    [int(x) for x in opts.rollouts.split(",")], iterations=1 if opts.quick else 3)
+        print(table)
+        out_dir = ROOT / "bench_results"
+        out_dir.mkdir(exist_ok=True)
+        (out_dir / "bench_ppo_scaling.md").write_text(table + "\n")
+        (out_dir / "bench_ppo_scaling.json").write_text(json.dumps(rows))
+        return
     trl_times, segrl_times, feature_times = [], [], []
     for r in range(repeats):  # interleaved so machine noise hits all alike
         trl_times.append(float("nan") if opts.no_trl else run_trl(cfg))
