@@ -31,6 +31,13 @@ class ASRDPOConfig(ASRArguments, ResumeArguments, DPOConfig):
     (`loss_type=["sigmoid", "sft"]`, `loss_weights=[1.0, alpha]`: RPO's NLL on chosen) is the mean
     NLL over *every* chosen token, kept or not (logged as `asr/sft_loss`).
 
+    Late collapse: a sparse mask lets the policy win the margin on few tokens while the rest of the
+    response drifts; trained 3x longer on the built-in task, ASR-DPO's held-out accuracy fell from
+    0.77 to 0.72. The defence measured to work is the `sft` term above with `alpha = 1`
+    (0.943 ± 0.009 after 300 steps, 3 seeds); `sigmoid_norm` (dividing by the kept count) made the
+    collapse worse, and early stopping (`eval_dataset`, `load_best_model_at_end=True`) only keeps the
+    peak. It is not the default (TRL's loss is kept as is); see experiments/README.md.
+
     Parameters:
         > ASR mask
 
