@@ -298,14 +298,17 @@ def summarize(records: list[dict], order: list[str]) -> str:
     for r in records:
         groups.setdefault((r["setting"], r["form"], r["mode"]), []).append(r)
     rank = {n: i for i, n in enumerate(order)}
+    all_seeds = sorted({r["seed"] for r in records})
     lines = [
-        "| setting | form | spread | seeds | within-response AUC | per seed (0 / 1 / 2 ...) | pooled AUC | "
+        f"| setting | form | spread | seeds | within-response AUC | per seed ({' / '.join(map(str, all_seeds))}) | "
+        "pooled AUC | "
         "first-error hit (chance) | pairwise acc | segments / response |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (name, form, mode), rs in sorted(groups.items(), key=lambda kv: (rank.get(kv[0][0], 99), kv[0][1], kv[0][2])):
         rs = sorted(rs, key=lambda r: r["seed"])
-        per_seed = " / ".join(f"{r['auc_within_response']:.3f}" for r in rs)
+        by_seed = {r["seed"]: r["auc_within_response"] for r in rs}
+        per_seed = " / ".join("–" if by_seed.get(x) is None else f"{by_seed[x]:.3f}" for x in all_seeds)
         hit = _fmt([r.get("first_error_hit_rate") for r in rs])
         chance = _fmt([r.get("first_error_chance") for r in rs])
         lines.append(

@@ -51,8 +51,10 @@ class PipelineOptions:
     rm_epochs: float = _f(2.0, "Reward-model epochs over the training pairs.")
     rm_batch_size: int = _f(32, "Reward-model batch size (pairs).")
     rm_learning_rate: float = _f(1e-3, "Reward-model learning rate (fresh scalar head on the SFT backbone).")
-    rm_reward_form: str = _f("value", "Token-reward form of every RM (normaliser fitted on it): 'value' (the RM "
-                                      "value at each segment end) or 'delta' (its change since the previous end).")
+    rm_reward_form: str = _f("delta", "Token-reward form of every RM (normaliser fitted on it): 'delta' (the change of "
+                                      "the RM value since the previous segment end; better within-response credit "
+                                      "than 'value' on every seed of the credit study, experiments/README.md) or "
+                                      "'value' (the RM value at each segment end, the paper's).")
     rm_segment_loss: str = _f("mean", "Reward-model training loss: 'mean' (Bradley-Terry on the mean segment reward, "
                                       "the paper's) or 'prefix_pairs' (Bradley-Terry between every chosen and every "
                                       "rejected segment reward; localises credit with rm_reward_form delta, see "
