@@ -42,6 +42,20 @@ def rm_env(tmp_path_factory):
                            other_dir=str(other_dir))
 
 
+@pytest.fixture(scope="module")
+def seq_cls(rm_env):
+    """The init model as a 1-label sequence-classification RM backbone, with a non-trivial head
+    (the default init, std 0.02, makes every value ~0). One per test module."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(rm_env.init_dir, num_labels=1).eval()
+    with torch.no_grad():
+        model.score.weight.normal_(0, 1.0)
+    return model
+
+
 def seg_config(output_dir, threshold=THRESHOLD, **kwargs):
     from segrl.rm import SegmentRewardConfig
 

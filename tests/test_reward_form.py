@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from rm_fixtures import THRESHOLD, rm_env, tiny_rows  # noqa: F401
+from rm_fixtures import THRESHOLD, rm_env, seq_cls, tiny_rows  # noqa: F401
 
 from segrl.ops import LocationNormalizerCoef
 from segrl.rm.scoring import form_segment_rewards, segment_sequence_scores, segment_token_rewards
@@ -90,17 +90,6 @@ def test_reward_form_errors():
 # --------------------------------------------------------------------------------------------------
 
 COEF = LocationNormalizerCoef(a_mu=0.5, b_mu=0.2, a_sigma=0.1, b_sigma=1.5)
-
-
-@pytest.fixture(scope="module")
-def seq_cls(rm_env):
-    from transformers import AutoModelForSequenceClassification
-
-    torch.manual_seed(0)
-    model = AutoModelForSequenceClassification.from_pretrained(rm_env.init_dir, num_labels=1).eval()
-    with torch.no_grad():
-        model.score.weight.normal_(0, 1.0)
-    return model
 
 
 @pytest.fixture

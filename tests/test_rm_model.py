@@ -9,21 +9,9 @@ import math
 import numpy as np
 import pytest
 import torch
-from rm_fixtures import THRESHOLD, rm_env, tiny_rows  # noqa: F401
+from rm_fixtures import THRESHOLD, rm_env, seq_cls, tiny_rows  # noqa: F401
 
 from segrl.ops import LocationNormalizerCoef
-
-
-@pytest.fixture(scope="module")
-def seq_cls(rm_env):
-    from transformers import AutoModelForSequenceClassification
-
-    torch.manual_seed(0)
-    model = AutoModelForSequenceClassification.from_pretrained(rm_env.init_dir, num_labels=1).eval()
-    # A non-trivial head: the default init (std 0.02) makes every value ~0.
-    with torch.no_grad():
-        model.score.weight.normal_(0, 1.0)
-    return model
 
 
 @pytest.fixture
