@@ -97,9 +97,6 @@ def check_inputs(script_args: DPOScriptArguments, training_args, model_args):
         elif source == "implicit":
             check_model_path(training_args.implicit_policy, "implicit_policy")
             check_model_path(training_args.implicit_ref, "implicit_ref")
-    if not script_args.dataset_name:
-        raise ValueError("`dataset_name` is required (a data file, a save_to_disk directory, builtin:tiny_prefs or "
-                         "a Hub id)")
     train = load_data(script_args.dataset_name, script_args.dataset_train_split, config=script_args.dataset_config,
                       max_samples=script_args.max_train_samples, arg="dataset_name")
     train, _ = check_preference_data(train, "dataset_name", drop_empty=script_args.drop_empty)

@@ -82,9 +82,6 @@ def check_inputs(script_args, training_args, model_args):
         raise ValueError(f"`eval_split` must be a fraction in (0, 1), got {split}")
     if split is not None and script_args.eval_dataset_name:
         raise ValueError("pass either `eval_split` or `eval_dataset_name`, not both")
-    if not script_args.dataset_name:
-        raise ValueError("`dataset_name` is required (builtin:tiny_prefs, a .jsonl/.json/.csv/.parquet file, a "
-                         "save_to_disk directory or a Hub id)")
     train = load_data(script_args.dataset_name, script_args.dataset_train_split, config=script_args.dataset_config,
                       max_samples=script_args.max_train_samples, arg="dataset_name")
     train, report = check_preference_data(train, "dataset_name", drop_empty=script_args.drop_empty)
