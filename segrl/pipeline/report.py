@@ -293,8 +293,6 @@ def heldout_heatmap_rows(rm, prompts: list[str], responses: dict[str, list[str]]
     the RM's sequence score is at least the batch mean (as ASR-PPO / ASR-RS set it), else ``-1``;
     the ASR keep-mask with ``baseline`` / ``delta``. Titles carry the oracle verdict of every step.
     """
-    import torch
-
     from segrl import ops
     from segrl.tasks import parse_response, solve
 
@@ -307,7 +305,7 @@ def heldout_heatmap_rows(rm, prompts: list[str], responses: dict[str, list[str]]
     rewards, mask, seg = rm.score_tokens(flat_p, flat_r, return_segment_ids=True, batch_size=64)
     prompt_ids, response_ids = rm.tokenize(flat_p, flat_r)
     scores = rm.sequence_scores(prompt_ids, response_ids, batch_size=64)
-    seq_sign = torch.where(scores >= scores.mean(), 1, -1)
+    seq_sign = ops.sequence_sign(scores, scores.mean())
     kept = ops.keep_mask(rewards, mask, seq_sign, baseline=baseline, delta=delta)
     keep, fallback = kept.keep, kept.fallback
     rows = []
@@ -346,8 +344,6 @@ def training_pair_rows(rm, pairs: list[dict], *, baseline="sequence_mean", delta
     first: they are where a segment mask should differ from the sequence label. Labels: the pairs'
     oracle columns. Returns ``(rows, resolved_delta)``.
     """
-    import torch
-
     from segrl import ops
     from segrl.tasks import is_conflict_pair
 
@@ -358,10 +354,9 @@ def training_pair_rows(rm, pairs: list[dict], *, baseline="sequence_mean", delta
     prompts = [r["prompt"] for r in pairs] * 2
     responses = [r["chosen"] for r in pairs] + [r["rejected"] for r in pairs]
     rewards, mask, seg = rm.score_tokens(prompts, responses, return_segment_ids=True, batch_size=64)
-    sign = torch.tensor([1] * n + [-1] * n)
-    resolved = ops.resolve_delta(rewards, mask, baseline, delta, delta_quantile)
-    keep = ops.asr_mask(rewards, mask, sign, baseline=baseline, delta=resolved)
-    fallback = ~ops.asr_mask(rewards, mask, sign, baseline=baseline, delta=resolved, empty="none").any(dim=1)
+    sign = ops.preference_sign(n)
+    res = ops.keep_mask(rewards, mask, sign, kind="asr", baseline=baseline, delta=delta, delta_quantile=delta_quantile)
+    keep, fallback, resolved = res.keep, res.fallback, res.delta
     order = sorted(range(n), key=lambda i: not is_conflict_pair(pairs[i]["prompt"], pairs[i]["chosen"],
                                                                 pairs[i]["rejected"]))[:n_pairs]
     _, response_ids = rm.tokenize(prompts, responses)
