@@ -95,19 +95,13 @@ def mask_credit(rewards_by_side: dict, oracle_by_side: dict, options, *, batch_s
     for lo in range(0, n, batch_size):
         rows = range(lo, min(n, lo + batch_size))
         lists = [rewards_by_side["chosen"][i] for i in rows] + [rewards_by_side["rejected"][i] for i in rows]
-        width = max(map(len, lists))
-        r = torch.zeros(len(lists), width)
-        m = torch.zeros(len(lists), width, dtype=torch.bool)
-        for j, values in enumerate(lists):
-            r[j, : len(values)] = torch.tensor(values, dtype=torch.float32)
-            m[j, : len(values)] = True
+        r, m = pad_rows(lists, 0.0, dtype=torch.float32)
+        m = m.bool()
         boundary = None
         if boundary_by_side is not None:
             flags = [boundary_by_side["chosen"][i] for i in rows] + [boundary_by_side["rejected"][i] for i in rows]
-            boundary = torch.zeros_like(m)
-            for j, f in enumerate(flags):
-                boundary[j, : len(f)] = torch.tensor(f, dtype=torch.bool)
-        sign = torch.tensor([1] * len(rows) + [-1] * len(rows))
+            boundary, _ = pad_rows(flags, False, dtype=torch.bool, width=m.shape[1])
+        sign = ops.preference_sign(len(rows))
         keep = ops.keep_mask(r, m, sign, is_boundary=boundary, **kwargs).keep
         for j, i in enumerate(list(rows) * 2):
             side = "chosen" if j < len(rows) else "rejected"

@@ -24,6 +24,7 @@ from segrl._trl_compat import check_trl_compat
 from segrl import ops
 from segrl._distributed import global_auto_delta, sum_hook
 from segrl.checkpoints import check_checkpoint, finalize_checkpoint, reading_checkpoint, resolve_checkpoint
+from segrl.padding import pad_rows
 
 from .config import SegmentPPOConfig
 from .rewards import SegmentRewardSource
@@ -209,11 +210,7 @@ class SegmentPPOTrainer:
         return out
 
     def _left_pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        width = max(map(len, rows))
-        pad = self.tokenizer.pad_token_id
-        ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=self.accelerator.device)
-        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=self.accelerator.device)
-        return ids, mask
+        return pad_rows(rows, self.tokenizer.pad_token_id, side="left", device=self.accelerator.device)
 
     # ------------------------------------------------------------------ rollout
     def _logprobs(self, model, query_responses, attention_mask, context_length, responses, *, with_entropy=False):
