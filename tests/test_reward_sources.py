@@ -138,6 +138,40 @@ def test_dpo_and_rejection_sampling_use_the_source(make_rm, rm_env, tmp_path):
         assert rec["scores"][0] == pytest.approx(float(expected.scores[b]), abs=1e-5)
 
 
+def test_rejection_sampling_scores_with_one_rm_pass(make_rm, rm_env, tmp_path):
+    """With sequence_score='rm' and an ASR mask, RS gets token rewards and sequence scores from one
+    RM (and reference) pass, not two, with the same numbers as the two separate calls."""
+    import copy
+
+    from segrl.models.tiny import build_tiny_causal_lm
+    from segrl.rs import ASRRejectionSampler, ASRRejectionSamplingConfig
+
+    tok = rm_env.tokenizer
+    rm = make_rm()
+    calls = []
+    real = rm.segment_token_ids
+    rm.segment_token_ids = lambda *a, **kw: calls.append(1) or real(*a, **kw)
+    policy = build_tiny_causal_lm(tok, hidden_size=32, num_layers=1, seed=1)
+    args = ASRRejectionSamplingConfig(output_dir=str(tmp_path), per_device_train_batch_size=2, max_steps=1, bf16=False,
+                                      gradient_checkpointing=False, use_cpu=True, report_to="none",
+                                      save_strategy="no", disable_tqdm=True, num_candidates=2)
+    assert args.sequence_score == "rm" and args.mask_type == "asr"
+    sampler = ASRRejectionSampler(copy.deepcopy(policy), args, processing_class=tok, reward_model=rm)
+    p_ids, r_ids = _ids(rm, 3)
+    records = [{"prompt": "x", "prompt_ids": p, "candidates": ["a", "b"], "candidate_ids": [r, r]}
+               for p, r in zip(p_ids, r_ids)]
+    scored = sampler.score(records)
+    assert len(calls) == 1
+    flat_p = [p for p in p_ids for _ in range(2)]
+    flat_r = [r for r in r_ids for _ in range(2)]
+    rewards, _ = rm.score_token_ids(flat_p, flat_r)
+    scores = rm.sequence_scores(flat_p, flat_r)
+    for b, rec in enumerate(scored):
+        for k in range(2):
+            assert rec["token_rewards"][k] == pytest.approx(rewards[2 * b + k, : len(r_ids[b])].tolist(), abs=1e-6)
+            assert rec["scores"][k] == pytest.approx(float(scores[2 * b + k]), abs=1e-6)
+
+
 def test_source_errors(make_rm, rm_env):
     from segrl.models import build_tiny_tokenizer
 

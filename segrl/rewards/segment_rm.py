@@ -126,7 +126,8 @@ class SegmentRMRewards:
         if not callable(score):
             raise ValueError(f"{type(self.model).__name__} has no `score`; use token_rewards() and sequence_scores()")
         return score([list(p) for p in prompt_ids], [list(r) for r in response_ids], mode=self.mode,
-                     normalize=self.normalize, reward_form=self.reward_form, batch_size=self.batch_size)
+                     normalize=self.normalize, reward_form=self.reward_form, batch_size=self.batch_size,
+                     **({"progress": True} if getattr(self, "progress", False) else {}))  # as token_rewards()
 
     def token_rewards(self, prompt_ids, response_ids) -> tuple[torch.Tensor, torch.Tensor]:
         """``(rewards (N, T) float32, mask (N, T) bool)``, ``T`` the longest response; every

@@ -343,6 +343,14 @@ class ASRRejectionSampler:
         tokens_for_scores = args.sequence_score in ("sum", "mean")
         need_tokens = [r for r in records if r.get("token_rewards") is None
                        and (args.needs_token_rewards or (tokens_for_scores and r.get("scores") is None))]
+        both = [r for r in need_tokens if r.get("scores") is None] if args.sequence_score == "rm" else []
+        if both and callable(getattr(self._reward_source().model, "score", None)):
+            # Token rewards and the RM's sequence score from one RM (and reference) pass.
+            out = self._reward_source().score(*self._flat(both))
+            lengths = [len(c) for r in both for c in r["candidate_ids"]]
+            self._unflatten(both, "token_rewards", [out.token_rewards[i, :n].tolist() for i, n in enumerate(lengths)])
+            self._unflatten(both, "scores", [float(v) for v in out.scores])
+            need_tokens = [r for r in need_tokens if r.get("token_rewards") is None]
         if need_tokens:
             lists = self._reward_source()(*self._flat(need_tokens))
             self._unflatten(need_tokens, "token_rewards", lists)
