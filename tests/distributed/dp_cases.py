@@ -813,8 +813,6 @@ def apply_mutations(spec: str) -> None:
 
     - ``dpo_local_baseline``: re-creates the per-rank batch_mean baseline ASR-DPO had before it was
       made global; ``dpo_trap`` must then DIFFER between 1 and 2 processes (the harness can see it).
-    - ``grpo_global_baseline``: resolves GRPO's ASR batch_mean baseline over all processes (the fix
-      proposed for segrl/grpo/trainer.py); ``grpo`` must then MATCH.
     - ``local_auto_delta``: PPO / GRPO resolve ``asr_delta="auto"`` over each rank's own rows (a
       per-rank delta); ``ppo`` must then DIFFER between 1 and 2 processes.
     - ``zero3_fix``: frozen helper models (the RM's reference, a saved segment RM) loaded unpartitioned
@@ -825,26 +823,6 @@ def apply_mutations(spec: str) -> None:
             from segrl.dpo import ASRDPOTrainer
 
             ASRDPOTrainer._global_mask_options = lambda self, token_rewards, mask: self._mask_options
-        elif name == "grpo_global_baseline":
-            import types
-
-            import torch.distributed as dist
-
-            import segrl.grpo.trainer as grpo_mod
-
-            real_ops = grpo_mod.ops
-
-            def asr_segments(rewards, mask, seq_sign, *, baseline="batch_mean", _ops=real_ops, **kwargs):
-                if baseline == "batch_mean" and dist.is_available() and dist.is_initialized():
-                    m = mask.to(rewards.dtype)
-                    totals = torch.stack([(rewards * m).sum(), m.sum()])
-                    dist.all_reduce(totals)
-                    baseline = float(totals[0] / totals[1].clamp(min=1))
-                return _ops.asr_segments(rewards, mask, seq_sign, baseline=baseline, **kwargs)
-
-            proxy = types.SimpleNamespace(**{k: getattr(real_ops, k) for k in dir(real_ops) if not k.startswith("__")})
-            proxy.asr_segments = asr_segments
-            grpo_mod.ops = proxy
         elif name == "local_auto_delta":
             from segrl import ops
             import segrl.grpo.trainer as grpo_mod
