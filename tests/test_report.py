@@ -5,13 +5,11 @@ masks, and the whole page in headless Chromium."""
 from __future__ import annotations
 
 import base64
-import importlib.util
-import os
-import pathlib
 import re
 
 import pytest
 import torch
+from browser_check import load_check_script, needs_chromium
 from rm_fixtures import rm_env  # noqa: F401  (fixture)
 
 from segrl.pipeline.report import (
@@ -23,8 +21,6 @@ from segrl.pipeline.report import (
     y_limits,
 )
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-CHROMIUM = "/usr/bin/chromium"
 SFT = [{"test": {"step_accuracy": 0.5, "exact_match": 0.02, "parse_rate": 1.0},
         "dev": {"step_accuracy": 0.5, "exact_match": 0.02}}]
 
@@ -171,17 +167,8 @@ def test_training_pair_rows_show_the_training_mask(rm_env):
         assert row["labels"] == [(v > 0) - (v < 0) for v in pair[f"{side}_token_rewards"]]
 
 
-def _load_check_script():
-    path = REPO / "scripts" / "check_heatmap_browser.py"
-    spec = importlib.util.spec_from_file_location("check_heatmap_browser", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.browser
-@pytest.mark.skipif(not os.path.exists(CHROMIUM),
-                    reason=f"headless browser test needs {CHROMIUM} (apt install chromium)")
+@needs_chromium
 def test_report_in_browser(tmp_path):
     """The report opens offline in Chromium: images decode, both heat-maps render tokens with oracle marks."""
     import matplotlib.pyplot as plt
@@ -190,7 +177,7 @@ def test_report_in_browser(tmp_path):
     fig.savefig(tmp_path / "curves.png", dpi=60)
     plt.close(fig)
     _report(tmp_path, curves=tmp_path / "curves.png")
-    result = _load_check_script().check_report(tmp_path / "report.html", tmp_path / "browser")
+    result = load_check_script().check_report(tmp_path / "report.html", tmp_path / "browser")
     assert result["n_images_decoded"] == result["n_images"] == 2
     assert [f["tokens"] for f in result["frames"]] == [2, 2] and all(f["labelled"] == 2 for f in result["frames"])
     assert "Provenance" in result["sections"] and "Token credit of the reward sources" in result["sections"]

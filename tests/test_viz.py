@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import os
 import pathlib
 import re
 import subprocess
@@ -13,6 +11,7 @@ import sys
 
 import pytest
 import torch
+from browser_check import load_check_script, needs_chromium
 
 from segrl.viz import (
     render_html,
@@ -25,7 +24,6 @@ from segrl.viz import (
 )
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-CHROMIUM = "/usr/bin/chromium"
 TOKEN_SPAN = re.compile(r'<span class="(tok[^"]*)" data-i="(\d+)"')
 
 
@@ -397,20 +395,11 @@ def test_cli_viz_model_rewards(tmp_path, monkeypatch):
 # ------------------------------------------------------------------------------------------
 
 
-def _load_check_script():
-    path = REPO / "scripts" / "check_heatmap_browser.py"
-    spec = importlib.util.spec_from_file_location("check_heatmap_browser", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.browser
-@pytest.mark.skipif(not os.path.exists(CHROMIUM),
-                    reason=f"headless browser test needs {CHROMIUM} (apt install chromium)")
+@needs_chromium
 def test_browser_render(tmp_path):
     """Open the heat-map in headless Chromium: DOM token count, computed dimming, non-blank pixels."""
-    check = _load_check_script()
+    check = load_check_script()
     rows = check.example_rows()
     norm = validate_rows(rows)
     page = tmp_path / "heatmap.html"
