@@ -86,7 +86,7 @@ _REJECTED_BASE = [0.3, 0.2, 0.3, 0.1, 0.5, 0.4, 0.6, 0.3, 0.4, 0.2, 0.5, 0.2, 0.
 
 
 def _states(rewards: list[float], delta: float) -> list[int]:
-    """Schmitt-trigger states with baseline 0 (SPEC §1), in plain Python for the example."""
+    """Schmitt-trigger states with baseline 0 (docs/method.md#asr-mask), in plain Python for the example."""
     out, s = [], 0
     for r in rewards:
         s = 1 if r > delta else (-1 if r < -delta else s)

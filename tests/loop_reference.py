@@ -1,13 +1,13 @@
 """Plain-Python loop reference of the core ops in :mod:`segrl.ops`.
 
-Written straight from ``SPEC.md`` (sections 0-2 and 4) with no vectorisation tricks: every
+Written straight from ``docs/method.md`` (#tensor-conventions to #spreading, and #ops-contract) with no vectorisation tricks: every
 function converts its tensors to nested Python lists, loops over rows ``b`` and positions ``t``
 with Python floats / ints, and converts the result back to a tensor at the end. It is slow on
 purpose and exists only as an *independent* oracle for ``tests/test_ops_properties.py`` and as the
 baseline of ``benchmarks/bench_ops.py``. It does not validate inputs the way the library must
 (it only asserts what it relies on); it never modifies its inputs.
 
-Conventions (SPEC section 0): tensors are ``(B, T)``, right-padded, over response tokens only;
+Conventions (docs/method.md#tensor-conventions): tensors are ``(B, T)``, right-padded, over response tokens only;
 ``mask[b, t]`` is True for real tokens; ``segment_ids`` are ``0..K_b-1`` in order, ``-1`` outside
 every segment. Integer outputs are ``torch.long``, flags ``torch.bool``.
 """

@@ -1,4 +1,4 @@
-"""ASRDPOTrainer against stock TRL DPOTrainer and against losses computed by hand (SPEC §1, §3).
+"""ASRDPOTrainer against stock TRL DPOTrainer and against losses computed by hand (docs/method.md#asr-mask, #dpo).
 
 Every expected value here is computed independently of segrl.dpo: per-token log-probs come from a
 plain ``model(input_ids).logits`` forward, positions from the dataset's ``prompt_ids`` lengths, and

@@ -1,4 +1,4 @@
-"""Per-token log-probs, entropies and implicit DPO rewards in the response-token layout (SPEC §0)."""
+"""Per-token log-probs, entropies and implicit DPO rewards in the response-token layout (docs/method.md#tensor-conventions)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Bad input raises ValueError naming the argument (SPEC §4, last paragraph); inputs are never modified."""
+"""Bad input raises ValueError naming the argument (docs/method.md#ops-contract, last paragraph); inputs are never modified."""
 
 import math
 

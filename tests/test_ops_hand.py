@@ -1,4 +1,4 @@
-"""Hand-computed cases for every rule of SPEC §1-§2. The arithmetic is written next to each case."""
+"""Hand-computed cases for every rule of docs/method.md#asr-mask to #spreading. The arithmetic is written next to each case."""
 
 import math
 

@@ -1,6 +1,6 @@
 """Property tests: every core op in :mod:`segrl.ops` against the plain-loop reference.
 
-The reference (``tests/loop_reference.py``) is written straight from ``SPEC.md`` with Python loops,
+The reference (``tests/loop_reference.py``) is written straight from ``docs/method.md`` with Python loops,
 independently of the vectorised implementation. Batches are small, random and right-padded, with
 rows of length 0, 1 and 2, garbage in the padding, small integer (or half-integer) rewards so that
 ties ``r == b`` and ``r == b +- delta`` really happen, entropies that tie the threshold, every
@@ -61,14 +61,14 @@ def call(fn, *args, **kwargs):
 
 def assert_same_long(got, want, name):
     assert isinstance(got, torch.Tensor), f"{name}: not a tensor"
-    assert got.dtype == torch.long, f"{name}: dtype {got.dtype}, SPEC says torch.long"
+    assert got.dtype == torch.long, f"{name}: dtype {got.dtype}, docs/method.md#tensor-conventions says torch.long"
     assert got.shape == want.shape, f"{name}: shape {tuple(got.shape)} != {tuple(want.shape)}"
     assert torch.equal(got.cpu(), want), f"{name}:\n got {got.tolist()}\nwant {want.tolist()}"
 
 
 def assert_same_bool(got, want, name):
     assert isinstance(got, torch.Tensor), f"{name}: not a tensor"
-    assert got.dtype == torch.bool, f"{name}: dtype {got.dtype}, SPEC says torch.bool"
+    assert got.dtype == torch.bool, f"{name}: dtype {got.dtype}, docs/method.md#tensor-conventions says torch.bool"
     assert got.shape == want.shape, f"{name}: shape {tuple(got.shape)} != {tuple(want.shape)}"
     assert torch.equal(got.cpu(), want), f"{name}:\n got {got.int().tolist()}\nwant {want.int().tolist()}"
 
@@ -590,7 +590,7 @@ def test_tokenwise_is_the_equilibrate_rule_even_with_zeros(batch, chosen):
 
 
 def test_asr_ties_inherit_the_previous_state():
-    """SPEC: with delta = 0, r_t == b inherits s_{t-1}; so an exact 0 after a positive token is kept
+    """docs/method.md#asr-mask: with delta = 0, r_t == b inherits s_{t-1}; so an exact 0 after a positive token is kept
     for chosen (this is where ASR differs from the r > 0 rule), and a leading 0 is undecided."""
     rewards = torch.tensor([[0.0, 1.0, 0.0, -1.0, 0.0]])
     mask = torch.ones(1, 5, dtype=torch.bool)
@@ -651,7 +651,7 @@ def test_even_spread_preserves_segment_sums(ids, data):
 
 
 def test_segment_end_values_is_differentiable():
-    """The segment RM (SPEC 2) trains through the values read at segment ends."""
+    """The segment RM (docs/method.md#segment-rm) trains through the values read at segment ends."""
     values = torch.randn(2, 5, dtype=torch.float64, requires_grad=True)
     ids = torch.tensor([[0, 0, 1, -1, -1], [0, 1, 1, 1, -1]])
     sv, ok = ops.segment_end_values(values, ids)
@@ -687,7 +687,7 @@ def test_empty_batches(B, T):
 
 
 # --------------------------------------------------------------------------------------------
-# invalid input (SPEC 4): ValueError naming the argument
+# invalid input (docs/method.md#ops-contract): ValueError naming the argument
 # --------------------------------------------------------------------------------------------
 
 

@@ -13,7 +13,7 @@ from segrl.pipeline.settings import DPOSettings
 def test_defaults_are_asr_arguments_defaults():
     asr = ASRArguments()
     dpo = PipelineOptions().stage_settings()["dpo"]
-    # The values SPEC §1 sets for the trainers; the pipeline must not keep its own copy.
+    # The values docs/method.md#asr-mask sets for the trainers; the pipeline must not keep its own copy.
     assert (dpo.asr_baseline, dpo.asr_delta, dpo.asr_delta_quantile) == ("sequence_mean", "auto", 0.3)
     assert (asr.asr_baseline, asr.asr_delta, asr.asr_delta_quantile) == ("sequence_mean", "auto", 0.3)
     assert DPOSettings().asr_delta == "auto"

@@ -1,4 +1,4 @@
-"""PPO maths against hand-computed values (SPEC §3)."""
+"""PPO maths against hand-computed values (docs/method.md#ppo)."""
 
 import math
 

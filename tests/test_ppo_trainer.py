@@ -1,4 +1,4 @@
-"""Dense-reward PPO on tiny offline models with a rule-scored task (SPEC §3)."""
+"""Dense-reward PPO on tiny offline models with a rule-scored task (docs/method.md#ppo)."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""ASR rejection sampling: generation, scoring, selection, masked SFT (SPEC §3)."""
+"""ASR rejection sampling: generation, scoring, selection, masked SFT (docs/method.md#rejection-sampling)."""
 
 import json
 import math

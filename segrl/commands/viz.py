@@ -11,7 +11,7 @@ Two sources of token rewards:
   rejected rows with -1.
 
 With ``--asr true`` (default) rows without ``segment_ids`` / ``kept`` get them from the ASR rule
-(SPEC §1) with ``--baseline``, ``--delta``, ``--neutral``, ``--empty``. The ``batch_mean`` baseline
+(docs/method.md#asr-mask) with ``--baseline``, ``--delta``, ``--neutral``, ``--empty``. The ``batch_mean`` baseline
 is taken over *all* rows rendered together (the whole file, or all chosen + rejected responses).
 
 Examples::

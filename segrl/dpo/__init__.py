@@ -1,4 +1,4 @@
-"""ASR-DPO on TRL: :class:`ASRDPOTrainer` / :class:`ASRDPOConfig` (arXiv 2411.00809, SPEC §1, §3).
+"""ASR-DPO on TRL: :class:`ASRDPOTrainer` / :class:`ASRDPOConfig` (arXiv 2411.00809, docs/method.md#asr-mask, #dpo).
 
 Switching from TRL is one import::
 

@@ -11,7 +11,7 @@ every per-token quantity lives in one of three layouts:
 - **log-prob layout** ``(N, L - 1)``: TRL's ``per_token_logps``. The fused LM head scores the hidden
   state at position ``j`` against the label at ``j + 1``, so index ``j`` holds
   ``log pi(input_ids[j + 1] | input_ids[:j + 1])``.
-- **response layout** ``(N, R)``, ``R = max_i n_i``: SPEC §0. Index ``t`` is completion token ``t``
+- **response layout** ``(N, R)``, ``R = max_i n_i``: docs/method.md#tensor-conventions. Index ``t`` is completion token ``t``
   and holds values *about that token*: its reward ``r_t``, its log-prob ``log pi(y_t | x, y_<t)``.
 
 Completion token ``t`` of row ``i`` therefore sits at input index ``s_i + t`` and at log-prob index

@@ -1,4 +1,4 @@
-"""ASR-DPO: TRL's DPOTrainer with the Adaptive Segment-level Reward mask (arXiv 2411.00809, SPEC §1, §3).
+"""ASR-DPO: TRL's DPOTrainer with the Adaptive Segment-level Reward mask (arXiv 2411.00809, docs/method.md#asr-mask, #dpo).
 
 How the mask reaches TRL's loss (TRL 1.16): ``DPOTrainer._compute_loss`` sets
 ``labels = input_ids`` with ``-100`` wherever ``completion_mask == 0``, and its fused LM head returns

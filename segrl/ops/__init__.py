@@ -1,6 +1,6 @@
 """Core maths of segrl as pure torch functions: batched, loop-free, device-agnostic, no transformers.
 
-Conventions (SPEC §0): right-padded ``(B, T)`` tensors over response tokens only; ``mask`` is True
+Conventions (docs/method.md#tensor-conventions): right-padded ``(B, T)`` tensors over response tokens only; ``mask`` is True
 for real response tokens; segments are ``segment_ids`` with ``-1`` outside every segment.
 """
 

@@ -1,5 +1,5 @@
 """Segment reward model maths (arXiv 2501.02790): entropy segmentation, segment read-out,
-location-aware normalisation and spreading segment rewards back over tokens. SPEC §2.
+location-aware normalisation and spreading segment rewards back over tokens. docs/method.md#segment-rm, #location-normalizer, #spreading.
 """
 
 from __future__ import annotations

@@ -43,7 +43,7 @@ def response_mask_from(responses: torch.Tensor, eos_token_id: int) -> tuple[torc
     """Valid response tokens: up to and including the first EOS; no EOS means truncated.
 
     Returns ``(mask (B, T) bool, truncated (B,) bool)``. A truncated row keeps all its tokens and its
-    last one plays the EOS role in segmentation (SPEC §2), as upstream OpenRLHF does.
+    last one plays the EOS role in segmentation (docs/method.md#segment-rm), as upstream OpenRLHF does.
     """
     is_eos = responses == eos_token_id
     after_eos = (is_eos.long().cumsum(dim=1) - is_eos.long()) > 0

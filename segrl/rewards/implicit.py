@@ -1,6 +1,6 @@
 """Per-token log-probs, entropies and implicit DPO rewards in segrl's response-token layout.
 
-Layout (SPEC §0): every tensor is ``(B, T)`` over **response tokens only**, right-padded;
+Layout (docs/method.md#tensor-conventions): every tensor is ``(B, T)`` over **response tokens only**, right-padded;
 ``x[b, t]`` belongs to response token ``t``, whose log-probability is ``log pi(y_t | x, y_<t)``.
 A causal LM's logits at sequence position ``i`` predict the token at ``i + 1``, so response token
 ``t`` (at position ``response_start[b] + t`` of ``input_ids``) is scored by the logits at position
@@ -298,7 +298,7 @@ def response_token_entropy(model, tokenizer, prompts: Sequence[str], responses: 
                            batch_size: int = 8, max_length: int = 512, add_eos: bool = True):
     """Entropy ``H(pi(. | x, y_<t))`` in nats of the distribution that predicted each response token.
 
-    Computed in fp32 over the model's full output vocabulary, without gradients; for SPEC §2 pass
+    Computed in fp32 over the model's full output vocabulary, without gradients; for docs/method.md#segment-rm pass
     the frozen reference (SFT) model.
 
     Returns:

@@ -1,4 +1,4 @@
-"""Segment-level reward model (arXiv 2501.02790, SPEC §2) on top of TRL's RewardTrainer.
+"""Segment-level reward model (arXiv 2501.02790, docs/method.md#segment-rm) on top of TRL's RewardTrainer.
 
 - :class:`SegmentRewardModel`: a trained RM with its threshold, reference model and normaliser;
   ``score_tokens`` / ``score_token_ids`` give dense (B, T) token rewards in the RM's

@@ -1,4 +1,4 @@
-"""Reference-model entropy for entropy segmentation (SPEC §2), computed once and cached.
+"""Reference-model entropy for entropy segmentation (docs/method.md#segment-rm), computed once and cached.
 
 ``entropy[t] = H(pi_ref(. | x, y_<t))`` in nats, from a **frozen** causal LM, in fp32 over the
 full vocabulary. A causal LM's logits at sequence position ``i`` are the distribution of the token

@@ -4,7 +4,7 @@ The network is exactly what TRL's ``RewardTrainer`` trains: ``AutoModelForSequen
 with ``num_labels=1`` on any causal-LM backbone. Those models (Llama, Qwen2, Mistral, GPT-2, ...)
 apply their ``score`` head to **every** position and then pool the last non-pad token; segrl keeps
 the per-position output (captured with a forward hook on the head, so the call still goes through
-DDP / DeepSpeed / PEFT wrappers and gradients stay synchronised) and reads it where SPEC §2 says.
+DDP / DeepSpeed / PEFT wrappers and gradients stay synchronised) and reads it where docs/method.md#segment-rm says.
 Reading it at EOS is the ordinary RM, so ``threshold = inf`` *is* TRL's RM.
 
 What the segment RM needs besides weights travels in ``config.json`` under ``"segment_rm"``:
@@ -301,7 +301,7 @@ class SegmentRewardModel:
             the normaliser is fitted on, and the default of every scoring method. Change it only
             together with the normaliser (:meth:`set_normalizer`, ``segrl fit-norm --reward_form``).
 
-    Scoring outputs follow SPEC §0: ``(B, T)`` over response tokens only, right-padded, on CPU in
+    Scoring outputs follow docs/method.md#tensor-conventions: ``(B, T)`` over response tokens only, right-padded, on CPU in
     fp32.
     """
 

@@ -1,4 +1,4 @@
-"""Fitting the location-aware normaliser of a trained segment RM (SPEC §2, ``segrl fit-norm``).
+"""Fitting the location-aware normaliser of a trained segment RM (docs/method.md#location-normalizer, ``segrl fit-norm``).
 
 Score the chosen **and** rejected responses of N preference pairs, record ``(p_k = k / K, r_k)``
 for every segment, bucket by ``p`` (3 decimals), and Huber-fit bucket means and population stds

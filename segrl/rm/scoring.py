@@ -59,7 +59,7 @@ class SegmentScores:
 
 
 def gather_response_values(values: torch.Tensor, prompt_length: torch.Tensor, width: int) -> torch.Tensor:
-    """Move per-position values of ``input_ids`` layouts to the response-token layout (SPEC §0).
+    """Move per-position values of ``input_ids`` layouts to the response-token layout (docs/method.md#tensor-conventions).
 
     Response token ``t`` of row ``b`` sits at position ``prompt_length[b] + t``; the RM value *at*
     that position (no shift: the head reads the hidden state after the token itself) is its value.

@@ -1,4 +1,4 @@
-"""``SegmentRewardTrainer``: TRL's ``RewardTrainer`` with segment-level Bradley-Terry (SPEC §2).
+"""``SegmentRewardTrainer``: TRL's ``RewardTrainer`` with segment-level Bradley-Terry (docs/method.md#segment-rm).
 
 What changes relative to TRL, and nothing else:
 
@@ -84,7 +84,7 @@ class SegmentRewardConfig(ResumeArguments, RewardConfig):
             Rows per reference forward pass when the entropies are precomputed.
         reference_model_init_kwargs (`dict`, *optional*):
             Keyword arguments for ``AutoModelForCausalLM.from_pretrained`` of the reference model
-            (defaults to fp32, as SPEC §2 requires for the entropies).
+            (defaults to fp32, as docs/method.md#segment-rm requires for the entropies).
         segment_loss (`str`, defaults to `"mean"`):
             ``"mean"``: Bradley-Terry on the mean segment reward (the paper's). ``"prefix_pairs"``:
             Bradley-Terry between every chosen and every rejected segment reward
@@ -248,7 +248,7 @@ class SegmentRewardTrainer(CompleteCheckpointsMixin, RewardTrainer):
         tok = self.processing_class
         if tok.pad_token_id is not None and tok.pad_token_id == tok.eos_token_id:
             # HF pooling takes the last token that is not the pad id, i.e. it skips an EOS equal to pad,
-            # while segrl reads through the attention mask at the EOS itself (SPEC §2).
+            # while segrl reads through the attention mask at the EOS itself (docs/method.md#segment-rm).
             import warnings
 
             warnings.warn(

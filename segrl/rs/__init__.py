@@ -1,4 +1,4 @@
-"""ASR rejection sampling on TRL (arXiv 2411.00809, SPEC §3): :class:`ASRRejectionSampler`."""
+"""ASR rejection sampling on TRL (arXiv 2411.00809, docs/method.md#rejection-sampling): :class:`ASRRejectionSampler`."""
 
 from segrl.rs.config import ASRRejectionSamplingConfig
 from segrl.rs.sampler import ASRRejectionSampler, load_candidates, resolve_checkpoint

@@ -1,4 +1,4 @@
-"""ASR rejection sampling (arXiv 2411.00809, SPEC §3): sample K, score, select, masked SFT on TRL.
+"""ASR rejection sampling (arXiv 2411.00809, docs/method.md#rejection-sampling): sample K, score, select, masked SFT on TRL.
 
 :class:`ASRRejectionSampler` runs the pipeline in four inspectable steps::
 

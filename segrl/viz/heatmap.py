@@ -11,7 +11,7 @@ built-in task's oracle; bools accepted) draws a ✓ / ✗ under each labelled to
 where the reward's credit lands against the truth (docs/method.md#token-credit). Optional extra
 keys shown in a row's summary: ``"side"`` (chosen / rejected),
 ``"seq_sign"`` (+1 / -1) and ``"fallback"`` (True when the ASR mask fell back to the full
-response). ``segment_ids`` follow SPEC §0 (``0..K-1`` in order, ``-1`` outside every segment);
+response). ``segment_ids`` follow docs/method.md#tensor-conventions (``0..K-1`` in order, ``-1`` outside every segment);
 ``kept`` is the ASR keep-mask (False = the token is dropped from the loss).
 
 Colours are a diverging red/blue scale (ColorBrewer RdBu, colour-blind safe) centred at ``center``
@@ -724,7 +724,7 @@ def rows_from_tensors(
     kept: Any = None,
     titles: Sequence[str] | None = None,
 ) -> list[dict]:
-    """Build rows from batched ``(B, T)`` tensors (SPEC §0), one per batch row.
+    """Build rows from batched ``(B, T)`` tensors (docs/method.md#tensor-conventions), one per batch row.
 
     Row ``b`` keeps its first ``n_b = mask[b].sum()`` positions (right padding is dropped).
     ``tokens[b]`` may be the ``n_b`` tokens of the row or padded to ``T``.

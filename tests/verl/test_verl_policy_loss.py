@@ -66,7 +66,7 @@ def test_denominator_is_the_kept_token_count():
     unscaled = out.advantages / out.scale
     expected = _kept_mean_by_hand(out.keep, unscaled, old, new)
     torch.testing.assert_close(loss, expected, atol=1e-6, rtol=1e-6)
-    # ... which is segrl's own PPO loss with the ASR mask as loss mask (SPEC §3)
+    # ... which is segrl's own PPO loss with the ASR mask as loss mask (docs/method.md#ppo)
     ours, _ = ops.ppo_policy_loss(new, old, unscaled, out.keep, clip=0.2)
     torch.testing.assert_close(loss, ours, atol=1e-6, rtol=1e-6)
     assert metrics["actor/segrl_asr_kept_fraction"] == pytest.approx(n_kept / n_tokens)
