@@ -163,7 +163,7 @@ def train_rm(pipe, seed: int, s: Setting, train_ds, rm_dir: Path):
     sft_dir = pipe.sft_dir(seed)
     shutil.rmtree(rm_dir, ignore_errors=True)
     args = SegmentRewardConfig(
-        **trainer_common(rm_dir, seed), segment_threshold=s.threshold, reference_model=str(sft_dir),
+        **trainer_common(rm_dir, seed), segment_threshold=s.threshold, ref_model_name_or_path=str(sft_dir),
         per_device_train_batch_size=s.batch_size, num_train_epochs=s.epochs, learning_rate=s.learning_rate,
         lr_scheduler_type="cosine", warmup_steps=5, entropy_batch_size=64, dataset_num_proc=None,
         segment_loss=s.loss,

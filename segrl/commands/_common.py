@@ -506,7 +506,7 @@ TRAINING_COMMON = [
     ("save_strategy", "no | steps | epoch."),
     ("logging_steps", "Log every N steps."),
     ("report_to", "none | tensorboard | wandb ..."),
-    ("resume_from_checkpoint", "A checkpoint directory, or `last` for the newest one in output_dir."),
+    ("resume_from_checkpoint", "A checkpoint directory, or `last` for the newest complete one in output_dir."),
     ("bf16", "bfloat16 training (default on a GPU; off without one)."),
     ("use_cpu", "Train on the CPU even if a GPU is present (on automatically without one)."),
     ("seed", "Random seed."),

@@ -177,7 +177,7 @@ class SegmentPPOConfig(ASRArguments, ResumeArguments):
     logging_steps: int = field(default=1, metadata={"help": "Log every N iterations."})
     save_steps: int = field(default=0, metadata={"help": "Checkpoint every N iterations (0 = only at the end)."})
     resume_from_checkpoint: str | None = field(
-        default=None, metadata={"help": "A checkpoint directory, or 'latest' for the newest one in output_dir."}
+        default=None, metadata={"help": "A checkpoint directory, or 'latest' for the newest complete one in output_dir."}
     )
     report_to: str = field(default="none", metadata={"help": "none | tensorboard | wandb (through accelerate trackers)."})
     use_cpu: bool = field(default=False, metadata={"help": "Force CPU even if an accelerator is present."})
