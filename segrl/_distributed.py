@@ -47,3 +47,19 @@ def global_auto_delta(accelerator, rewards: torch.Tensor, mask: torch.Tensor, ba
         mask = accelerator.gather(pad(mask.long().contiguous(), dim=1)).bool()
         grid = accelerator.gather(grid.contiguous() if grid.dim() == 1 else pad(grid.contiguous(), dim=1))
     return ops.resolve_delta(rewards, mask, grid, "auto", quantile)
+
+
+def global_mask_options(accelerator, options: dict, rewards: torch.Tensor, mask: torch.Tensor) -> dict:
+    """Keep-mask options (``ASRArguments.mask_kwargs()``) with everything batch-wide resolved over the
+    batch of *every* process: a ``batch_mean`` / ``position_mean`` baseline (:func:`global_baseline`)
+    and, for ``kind="asr"``, ``delta="auto"`` (:func:`global_auto_delta`). Options already resolved
+    (a float delta, a row-local baseline) pass through. Returns a new dict; ``options`` is not changed.
+
+    Shapes: ``rewards``, ``mask`` (B, T).
+    """
+    if options["kind"] == "none":
+        return options
+    out = {**options, "baseline": global_baseline(accelerator, options["baseline"], rewards, mask)}
+    if out["kind"] == "asr" and out["delta"] == "auto":
+        out["delta"] = global_auto_delta(accelerator, rewards, mask, out["baseline"], out["delta_quantile"])
+    return out

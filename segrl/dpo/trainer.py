@@ -33,7 +33,7 @@ from trl.trainer.utils import get_config_model_id, use_adapter
 from segrl._trl_compat import check_trl_compat
 from segrl.checkpoints import CompleteCheckpointsMixin
 from segrl import ops
-from segrl._distributed import global_baseline
+from segrl._distributed import global_mask_options
 from segrl.dpo.collator import PER_TOKEN_COLUMNS, DataCollatorForASRPreference
 from segrl.dpo.config import ASRDPOConfig
 from segrl.dpo.layout import from_input_layout, from_logp_layout, response_span, to_input_layout
@@ -398,16 +398,7 @@ class ASRDPOTrainer(CompleteCheckpointsMixin, DPOTrainer):
 
     def _global_mask_options(self, token_rewards: torch.Tensor, mask: torch.Tensor) -> dict:
         """The keep-mask options with a batch baseline resolved over the batch of *every* process."""
-        options = self._mask_options
-        if options["kind"] == "none":
-            return options
-        baseline = options["baseline"]
-        if baseline == "position_mean" and self.accelerator.num_processes > 1:
-            baseline = ops.position_mean_baseline(token_rewards, mask,
-                                                  all_reduce=lambda t: self.accelerator.reduce(t, "sum"))
-        else:
-            baseline = global_baseline(self.accelerator, baseline, token_rewards, mask)
-        return options if baseline is options["baseline"] else {**options, "baseline": baseline}
+        return global_mask_options(self.accelerator, self._mask_options, token_rewards, mask)
 
     def _compute_loss(self, model, inputs, return_outputs):
         if not self._needs_rewards:

@@ -20,7 +20,7 @@ import torch
 from trl import GRPOConfig, GRPOTrainer
 
 from segrl import ops
-from segrl._distributed import global_auto_delta, global_baseline
+from segrl._distributed import global_mask_options
 from segrl._trl_compat import check_trl_compat
 from segrl.asr_options import ASRArguments
 from segrl.checkpoints import CompleteCheckpointsMixin, ResumeArguments
@@ -166,11 +166,7 @@ class SegmentGRPOTrainer(CompleteCheckpointsMixin, GRPOTrainer):
 
         Shapes: ``token_rewards``, ``response_mask``, ``completion_ids`` (B, T); ``seq_sign`` (B,).
         """
-        options = self.args.mask_kwargs()
-        options["baseline"] = global_baseline(self.accelerator, options["baseline"], token_rewards, response_mask)
-        if options["kind"] == "asr" and options["delta"] == "auto":
-            options["delta"] = global_auto_delta(self.accelerator, token_rewards, response_mask, options["baseline"],
-                                                 options["delta_quantile"])
+        options = global_mask_options(self.accelerator, self.args.mask_kwargs(), token_rewards, response_mask)
         is_boundary = None
         if options["kind"] == "stepwise":
             if getattr(self, "_boundary_table", None) is None:

@@ -22,7 +22,7 @@ from trl.trainer.utils import disable_dropout_in_model, entropy_from_logits, sel
 
 from segrl._trl_compat import check_trl_compat
 from segrl import ops
-from segrl._distributed import global_auto_delta, sum_hook
+from segrl._distributed import global_mask_options, sum_hook
 from segrl.checkpoints import check_checkpoint, finalize_checkpoint, reading_checkpoint, resolve_checkpoint
 from segrl.padding import pad_rows
 
@@ -318,13 +318,9 @@ class SegmentPPOTrainer:
 
         Shapes: ``seq_rewards`` (B,); ``signal``, ``response_mask``, ``responses`` (B, T).
         """
-        args, hook = self.args, sum_hook(self.accelerator)
+        args = self.args
         seq_sign = ops.sequence_sign(seq_rewards, self._global_mean(seq_rewards))
-        options = args.mask_kwargs()
-        options["baseline"] = ops.resolve_global_baseline(signal, response_mask, options["baseline"], all_reduce=hook)
-        if options["kind"] == "asr" and options["delta"] == "auto":
-            options["delta"] = global_auto_delta(self.accelerator, signal, response_mask, options["baseline"],
-                                                 options["delta_quantile"])
+        options = global_mask_options(self.accelerator, args.mask_kwargs(), signal, response_mask)
         is_boundary = None
         if options["kind"] == "stepwise":
             if getattr(self, "_boundary_table", None) is None:

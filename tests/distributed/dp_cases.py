@@ -824,14 +824,13 @@ def apply_mutations(spec: str) -> None:
 
             ASRDPOTrainer._global_mask_options = lambda self, token_rewards, mask: self._mask_options
         elif name == "local_auto_delta":
+            import segrl._distributed as distributed_mod
             from segrl import ops
-            import segrl.grpo.trainer as grpo_mod
-            import segrl.ppo.trainer as ppo_mod
 
             def local_auto_delta(accelerator, rewards, mask, baseline, quantile):
                 return ops.resolve_delta(rewards, mask, baseline, "auto", quantile)  # this rank's rows only
 
-            ppo_mod.global_auto_delta = grpo_mod.global_auto_delta = local_auto_delta
+            distributed_mod.global_auto_delta = local_auto_delta  # what PPO / GRPO's global_mask_options call
         elif name in ("rm_zero3_fix", "zero3_fix"):
             _patch_rm_zero3()
         else:
