@@ -156,6 +156,8 @@ REQUIREMENTS: dict[str, tuple[Requirement, ...]] = {
         _req("trl.trainer.utils:disable_dropout_in_model", "call", ("model",), "segrl.ppo.trainer"),
         _req("trl.trainer.utils:entropy_from_logits", "call", ("logits",), "segrl.ppo.trainer"),
         _req("trl.trainer.utils:selective_log_softmax", "call", ("logits", "index"), "segrl.ppo.trainer"),
+        _req("trl.models:unwrap_model_for_generation", "call", ("model", "accelerator", "gather_deepspeed3_params"),
+             "segrl.ppo.trainer (ZeRO-3 generation)"),
     ),
 }
 GROUPS = tuple(REQUIREMENTS)

@@ -34,7 +34,7 @@ pytestmark = pytest.mark.skipif(shutil.which("accelerate", path=str(Path(sys.exe
 FAST_CASES = ["rm", "dpo_trap"]
 SLOW_CASES = ["rm_ga2", "dpo_seqmean_precompute", "dpo_segment_rm", "rs", "ppo", "grpo_zero", "grpo", "dpo_auto",
               "dpo_auto_ga2", "ppo_ga2", "ppo_mb2", "grpo_ga2"]
-DS_CASES = ["dpo_zero", "rm", "dpo_segment_rm"]
+DS_CASES = ["dpo_zero", "rm", "dpo_segment_rm", "ppo", "ppo_ga2"]
 HAS_DEEPSPEED = importlib.util.find_spec("deepspeed") is not None
 
 
@@ -192,7 +192,8 @@ def test_dpo_precompute_in_memory_dataset(runs):
 @pytest.mark.parametrize("nproc", [1, 2])
 @pytest.mark.parametrize("case", DS_CASES)
 def test_deepspeed_matches_plain_single_process(runs, stage, nproc, case):
-    """ASR-DPO and the segment RM under ZeRO-2 / ZeRO-3 (examples/deepspeed/*.json), 1 and 2 processes,
+    """ASR-DPO, the segment RM and PPO (policy + critic engines; ppo_ga2 with accumulation) under ZeRO-2 / ZeRO-3
+    (examples/deepspeed/*.json), 1 and 2 processes,
     against the plain single-process run: same losses, gradient norms and (gathered) final weights."""
     if not launch.DEEPSPEED_CONFIGS[stage].exists():
         pytest.skip(f"{launch.DEEPSPEED_CONFIGS[stage]} is missing")

@@ -6,30 +6,7 @@ import json
 
 import pytest
 import yaml
-from rm_fixtures import TEST_ARGS, THRESHOLD, rm_env, tiny_rows  # noqa: F401
-
-
-def _jsonl(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return str(path)
-
-
-@pytest.fixture(scope="module")
-def fitted_rm(rm_env, tmp_path_factory):
-    from segrl.cli import main
-
-    tmp = tmp_path_factory.mktemp("ppo_cli")
-    data = _jsonl(tmp / "prefs.jsonl", tiny_rows(16))
-    out = tmp / "rm"
-    args = ["train-rm", "--model_name_or_path", rm_env.init_dir, "--reference_model", rm_env.ref_dir,
-            "--dataset_name", data, "--segment_threshold", str(THRESHOLD), "--output_dir", str(out),
-            "--per_device_train_batch_size", "4", "--max_steps", "2", "--learning_rate", "1e-3"]
-    for key, value in TEST_ARGS.items():
-        args += [f"--{key}", str(value)]
-    assert main(args) == 0
-    assert main(["fit-norm", "--rm_path", str(out), "--dataset", data, "--n_pairs", "8", "--device", "cpu",
-                 "--progress", "false", "--plot_path", str(tmp / "fit.png")]) == 0
-    return tmp, out, data
+from rm_fixtures import TEST_ARGS, THRESHOLD, _jsonl, fitted_rm, rm_env, tiny_rows  # noqa: F401
 
 
 @pytest.mark.parametrize("arm", ["segment", "bandit"])

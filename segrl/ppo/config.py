@@ -181,6 +181,14 @@ class SegmentPPOConfig(ASRArguments, ResumeArguments):
     )
     report_to: str = field(default="none", metadata={"help": "none | tensorboard | wandb (through accelerate trackers)."})
     use_cpu: bool = field(default=False, metadata={"help": "Force CPU even if an accelerator is present."})
+    deepspeed: str | None = field(
+        default=None,
+        metadata={"help": "DeepSpeed JSON config (as TRL's `deepspeed`; examples/deepspeed/zero2.json, zero3.json): "
+                          "the policy and the critic each become a DeepSpeed engine; the frozen reference and reward "
+                          "model stay whole on every process. Its \"auto\" batch sizes, accumulation and clipping "
+                          "come from mini_batch_size, gradient_accumulation_steps and max_grad_norm. Launch with "
+                          "torchrun or `accelerate launch` (docs/scale-out.md)."},
+    )
 
     def __post_init__(self):
         apply_asr_alias(self)
@@ -207,6 +215,10 @@ class SegmentPPOConfig(ASRArguments, ResumeArguments):
             raise ValueError("pass either `eval_split` or `eval_dataset_name`, not both")
         if self.dtype not in (None, "auto", "bfloat16", "float16", "float32"):
             raise ValueError(f"`dtype` must be auto, bfloat16, float16 or float32, got {self.dtype!r}")
+        if self.deepspeed is not None:
+            from .engines import load_deepspeed_config
+
+            load_deepspeed_config(self.deepspeed)  # a missing or malformed file fails here, before any output
         if self.bf16 and self.fp16:
             raise ValueError("`bf16` and `fp16` are exclusive; set one")
         if self.bf16 is None:

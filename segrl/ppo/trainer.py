@@ -11,13 +11,14 @@ from __future__ import annotations
 import json
 import math
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from trl.models import unwrap_model_for_generation
 from trl.trainer.utils import disable_dropout_in_model, entropy_from_logits, selective_log_softmax
 
 from segrl._trl_compat import check_trl_compat
@@ -27,6 +28,7 @@ from segrl.checkpoints import check_checkpoint, finalize_checkpoint, reading_che
 from segrl.padding import pad_rows
 
 from .config import SegmentPPOConfig
+from .engines import ModelUpdater, make_accelerator
 from .rewards import SegmentRewardSource
 
 
@@ -97,17 +99,7 @@ class SegmentPPOTrainer:
         for name, model in (("policy", policy), ("ref_model", ref_model)):
             if model is not None and model.get_input_embeddings().num_embeddings < vocab:
                 raise ValueError(f"`{name}` has fewer embeddings than the tokenizer has tokens ({vocab}): tokenizer mismatch")
-        self.accelerator = accelerator or Accelerator(
-            cpu=args.use_cpu, log_with=None if args.report_to == "none" else args.report_to, project_dir=args.output_dir,
-            mixed_precision="bf16" if args.bf16 else "fp16" if args.fp16 else "no",
-        )
-        from accelerate.utils import DistributedType
-
-        if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
-            raise ValueError("segrl ppo does not run under DeepSpeed yet (it trains a policy and a critic through one "
-                             "Accelerator, which accelerate refuses under DeepSpeed): launch with DDP "
-                             "(examples/accelerate/multi_gpu.yaml), LoRA and gradient checkpointing, or use the verl "
-                             "plugin (docs/scale-out.md)")
+        self.accelerator = accelerator or make_accelerator(args)
         set_seed(args.seed)
         self.prompt_ids = self._tokenize_prompts(prompts)
         self.eval_prompt_ids = self._tokenize_prompts(eval_prompts, "eval_prompts") if eval_prompts is not None else None
@@ -128,9 +120,15 @@ class SegmentPPOTrainer:
         trainable_p = [p for p in policy.parameters() if p.requires_grad]
         opt_p = torch.optim.AdamW(trainable_p, lr=args.learning_rate, betas=args.adam_betas, weight_decay=0.0)
         opt_c = torch.optim.AdamW(critic.parameters(), lr=args.critic_learning_rate, betas=args.adam_betas, weight_decay=0.0)
-        self.policy, self.critic, self.opt_policy, self.opt_critic = self.accelerator.prepare(policy, critic, opt_p, opt_c)
+        # one prepare per trained model: under DeepSpeed each becomes its own engine (segrl.ppo.engines)
+        self.policy, self.opt_policy = self.accelerator.prepare(policy, opt_p)
+        self.critic, self.opt_critic = self.accelerator.prepare(critic, opt_c)
         self.ref_model = None if ref_model is None else ref_model.to(self.accelerator.device).eval().requires_grad_(False)
         self.scheduler_policy, self.scheduler_critic = self._make_schedulers(opt_p, opt_c)
+        self.policy_updater = ModelUpdater(self.accelerator, self.policy, self.opt_policy, self.scheduler_policy,
+                                           args.max_grad_norm)
+        self.critic_updater = ModelUpdater(self.accelerator, self.critic, self.opt_critic, self.scheduler_critic,
+                                           args.max_grad_norm)
         for scheduler in (self.scheduler_policy, self.scheduler_critic):
             # saved and restored by save_state / load_state; not prepared, because accelerate's wrapper steps a
             # scheduler once per process per call, which would make the schedule depend on the world size
@@ -227,10 +225,11 @@ class SegmentPPOTrainer:
         args, tok = self.args, self.tokenizer
         prompts, prompt_mask = self._left_pad(prompt_rows)
         context_length = prompts.shape[1]
-        policy = self.accelerator.unwrap_model(self.policy)
         sampling = {"do_sample": False} if greedy else {
             "do_sample": True, "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p}
-        with self.accelerator.autocast():
+        # ZeRO-3: the policy's weights are gathered once for the whole generation, so no rank waits in a
+        # per-token all-gather for another that has already stopped
+        with unwrap_model_for_generation(self.policy, self.accelerator) as policy, self.accelerator.autocast():
             out = policy.generate(
                 input_ids=prompts, attention_mask=prompt_mask, max_new_tokens=args.max_new_tokens,
                 min_new_tokens=args.min_new_tokens, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
@@ -249,7 +248,7 @@ class SegmentPPOTrainer:
             logprobs = selective_log_softmax(logits / args.temperature, responses)
         else:  # no logits came back: one policy forward
             with self.accelerator.autocast():
-                logprobs = self._logprobs(policy, torch.cat([prompts, responses], dim=1),
+                logprobs = self._logprobs(self.policy, torch.cat([prompts, responses], dim=1),
                                           torch.cat([prompt_mask.bool(), response_mask], dim=1).long(),
                                           context_length, responses)
         return prompts, prompt_mask, responses, response_mask, truncated, logprobs
@@ -345,7 +344,8 @@ class SegmentPPOTrainer:
         context_length = int(batch["context_length"])
         self.policy.train()
         self.critic.train()
-        stats: dict[str, list[float]] = {"policy_loss": [], "value_loss": [], "clipfrac": [], "approx_kl": []}
+        stats: dict[str, list[float]] = {"policy_loss": [], "value_loss": [], "clipfrac": [], "approx_kl": [],
+                                         "policy_grad_norm": [], "critic_grad_norm": []}
         n = batch["responses"].shape[0]
         for epoch in range(args.ppo_epochs):
             order = torch.randperm(n, generator=torch.Generator().manual_seed(args.seed * 1000 + self.iteration * 10 + epoch))
@@ -361,48 +361,42 @@ class SegmentPPOTrainer:
                 policy_loss, value_loss = torch.zeros((), device=acc.device), torch.zeros((), device=acc.device)
                 kept = mb["loss_mask"].sum().clamp(min=1).float()
                 clipfrac, approx_kl = torch.zeros((), device=acc.device), torch.zeros((), device=acc.device)
-                self.opt_policy.zero_grad(set_to_none=True)
+                self.policy_updater.zero_grad()
                 for j, part in enumerate(parts):
-                    with self._accumulating(self.policy, j < len(parts) - 1), acc.autocast():
+                    last = j == len(parts) - 1
+                    with self.policy_updater.accumulating(last), acc.autocast():
                         logprobs = self._logprobs(self.policy, part["query_responses"], part["attention_mask"],
                                                   context_length, part["responses"])
                         loss, pstats = ops.ppo_policy_loss(
                             logprobs, part["logprobs"], part["advantages"], part["loss_mask"], clip=args.cliprange,
                             denominator=policy_den,
                         )
-                        acc.backward(loss)
+                        self.policy_updater.backward(loss, last=last)
                     policy_loss += loss.detach()
                     weight = part["loss_mask"].sum().float() / kept  # the micro-batch's share of the kept tokens
                     clipfrac += pstats["clipfrac"] * weight
                     approx_kl += pstats["approx_kl"] * weight
-                acc.clip_grad_norm_(self.policy.parameters(), args.max_grad_norm)
-                self.opt_policy.step()
-                self.scheduler_policy.step()
+                stats["policy_grad_norm"].append(self.policy_updater.step())
 
-                self.opt_critic.zero_grad(set_to_none=True)
+                self.critic_updater.zero_grad()
                 for j, part in enumerate(parts):
-                    with self._accumulating(self.critic, j < len(parts) - 1), acc.autocast():
+                    last = j == len(parts) - 1
+                    with self.critic_updater.accumulating(last), acc.autocast():
                         values = forward_logits(self.critic, part["query_responses"], part["attention_mask"])
                         values = values[:, context_length - 1 : -1, 0].float()
                         loss = ops.ppo_value_loss(
                             values, part["values"], part["returns"], part["response_mask"], clip=args.cliprange_value,
                             denominator=value_den,
                         )
-                        acc.backward(args.vf_coef * loss)
+                        self.critic_updater.backward(args.vf_coef * loss, last=last)
                     value_loss += loss.detach()
-                acc.clip_grad_norm_(self.critic.parameters(), args.max_grad_norm)
-                self.opt_critic.step()
-                self.scheduler_critic.step()
+                stats["critic_grad_norm"].append(self.critic_updater.step())
 
                 # Each rank's loss is its share of the global token mean: the logged value is their mean.
                 logged = acc.reduce(torch.stack([policy_loss, value_loss, clipfrac, approx_kl]).float(), "mean")
                 for key, value in zip(("policy_loss", "value_loss", "clipfrac", "approx_kl"), logged.tolist()):
                     stats[key].append(value)
         return {k: sum(v) / len(v) for k, v in stats.items()}
-
-    def _accumulating(self, model, skip_sync: bool):
-        """DDP: no gradient all-reduce on the micro-batches before the last one of a mini-batch."""
-        return self.accelerator.no_sync(model) if skip_sync else nullcontext()
 
     def _per_rank_denominators(self, loss_mask: torch.Tensor, response_mask: torch.Tensor):
         counts = torch.stack([loss_mask.sum(), response_mask.sum()]).float()
@@ -554,7 +548,10 @@ class SegmentPPOTrainer:
 
     def save_model(self, output_dir: str) -> None:
         self.accelerator.wait_for_everyone()
-        if self.accelerator.is_main_process:
-            self.accelerator.unwrap_model(self.policy).save_pretrained(output_dir)
+        acc = self.accelerator
+        # every process takes part: under ZeRO-3 this gathers the partitioned weights
+        policy_state, critic_state = acc.get_state_dict(self.policy), acc.get_state_dict(self.critic)
+        if acc.is_main_process:
+            acc.unwrap_model(self.policy).save_pretrained(output_dir, state_dict=policy_state)
             self.tokenizer.save_pretrained(output_dir)
-            self.accelerator.unwrap_model(self.critic).save_pretrained(Path(output_dir) / "critic")
+            acc.unwrap_model(self.critic).save_pretrained(Path(output_dir) / "critic", state_dict=critic_state)

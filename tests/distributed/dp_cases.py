@@ -594,7 +594,7 @@ def case_ppo(work: Path, out: Path, name: str, mini_batches: int = 1, ga: int = 
         output_dir=str(out / f"run-{name}"), num_iterations=2, rollout_batch_size=local,
         mini_batch_size=local // mini_batches, gradient_accumulation_steps=ga,
         ppo_epochs=2, max_new_tokens=16, learning_rate=3e-3, critic_learning_rate=3e-3, kl_coef=0.05,
-        mask_type="asr", asr_baseline="batch_mean", asr_delta="auto", use_cpu=True, seed=SEED,
+        mask_type="asr", asr_baseline="batch_mean", asr_delta="auto", use_cpu=True, seed=SEED, deepspeed=DEEPSPEED,
     )
     identity = ops.LocationNormalizerCoef(a_mu=0.0, b_mu=0.0, a_sigma=0.0, b_sigma=1.0)
     source = SegmentRewardSource(DigitScore(tok), threshold=THRESHOLD, normalizer=identity)
@@ -609,16 +609,7 @@ def case_ppo(work: Path, out: Path, name: str, mini_batches: int = 1, ga: int = 
         return batch
 
     trainer.rollout = recording_rollout
-    grad_norms = []  # pre-clipping global norms, policy and critic alternating (the gradients are all-reduced)
-    real_clip = trainer.accelerator.clip_grad_norm_
-
-    def recording_clip(parameters, max_norm, *a, **kw):
-        norm = real_clip(parameters, max_norm, *a, **kw)
-        grad_norms.append(float(norm))
-        return norm
-
-    trainer.accelerator.clip_grad_norm_ = recording_clip
-    history = trainer.train()
+    history = trainer.train()  # logs the global gradient norms before clipping (DDP: all-reduced; DeepSpeed: its own)
 
     # Armed check (single process): the ASR mask with the global batch mean vs with each half's mean.
     armed = None
@@ -646,18 +637,20 @@ def case_ppo(work: Path, out: Path, name: str, mini_batches: int = 1, ga: int = 
     masks = [[fp for rank in per_rank_masks for fp in rank[i]] for i in range(len(rollouts))]
     keys = ("policy_loss", "value_loss")
     mean_over_ranks = {k: [sum(r[i][k] for r in per_rank) / len(per_rank) for i in range(len(history))] for k in keys}
+    acc = trainer.accelerator
+    # every rank: under ZeRO-3 get_state_dict gathers the partitioned weights
+    policy_state, critic_state = acc.get_state_dict(trainer.policy), acc.get_state_dict(trainer.critic)
     state = None
     if is_main():
-        acc = trainer.accelerator
-        state = {**{f"policy.{k}": v for k, v in module_state(acc.unwrap_model(trainer.policy)).items()},
-                 **{f"critic.{k}": v for k, v in module_state(acc.unwrap_model(trainer.critic)).items()}}
+        state = {**{f"policy.{k}": v.detach().float().cpu().clone() for k, v in policy_state.items()},
+                 **{f"critic.{k}": v.detach().float().cpu().clone() for k, v in critic_state.items()}}
     result = {
-        "world": trainer.accelerator.num_processes, "deepspeed": False,
+        "world": acc.num_processes, "deepspeed": trainer.policy_updater.deepspeed,
         # PPO's history holds each rank's own mini-batch losses (token sums / (global count / world)):
         # their mean over ranks is the global loss.
         "losses": mean_over_ranks["policy_loss"],
-        "strict": {"value_loss": mean_over_ranks["value_loss"], "policy_grad_norm": grad_norms[0::2],
-                   "critic_grad_norm": grad_norms[1::2], "asr_delta": [h["asr/delta"] for h in history]},
+        "strict": {"value_loss": mean_over_ranks["value_loss"], "policy_grad_norm": [h["policy_grad_norm"] for h in history],
+                   "critic_grad_norm": [h["critic_grad_norm"] for h in history], "asr_delta": [h["asr/delta"] for h in history]},
         "metrics": {
                     "rank0_policy_loss": [h["policy_loss"] for h in history],
                     **{k: [h[k] for h in history] for k in ("reward", "asr/kept_token_fraction", "rm/segments_per_response",
@@ -931,6 +924,12 @@ def main(argv=None) -> int:
         from transformers import set_seed
 
         set_seed(SEED)
+        if DEEPSPEED:
+            # each case is its own run: accelerate keeps one DeepSpeed plugin per process, and the next
+            # case's (other batch sizes / accumulation) may only be set on a fresh AcceleratorState
+            from accelerate.state import AcceleratorState
+
+            AcceleratorState._reset_state()
         CASES[name](work, out, name)
         timings[name] = round(time.perf_counter() - t0, 2)
         if is_main():

@@ -1,0 +1,109 @@
+"""segrl ppo under DeepSpeed: the config plumbing (fast). The ZeRO-2 / ZeRO-3 runs against one plain
+process are in tests/test_distributed.py (cases ppo, ppo_ga2 of tests/distributed/dp_cases.py)."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from rm_fixtures import _jsonl, fitted_rm, rm_env  # noqa: F401
+
+from segrl.ppo import SegmentPPOConfig
+from segrl.ppo.engines import fill_deepspeed_config, load_deepspeed_config, uses_deepspeed
+
+DEEPSPEED_CONFIGS = {s: Path(__file__).resolve().parents[1] / "examples" / "deepspeed" / f"{s}.json" for s in ("zero2", "zero3")}
+
+
+def test_auto_and_absent_entries_are_filled_from_the_ppo_options():
+    config = {"train_micro_batch_size_per_gpu": "auto", "gradient_clipping": "auto", "zero_optimization": {"stage": 2}}
+    out = fill_deepspeed_config(config, {"train_micro_batch_size_per_gpu": 2, "gradient_clipping": 0.5,
+                                         "gradient_accumulation_steps": 3})
+    assert out is config
+    assert config == {"train_micro_batch_size_per_gpu": 2, "gradient_clipping": 0.5, "gradient_accumulation_steps": 3,
+                      "zero_optimization": {"stage": 2}}
+
+
+def test_a_config_value_that_disagrees_with_the_options_is_an_error_naming_it():
+    with pytest.raises(ValueError, match=r"gradient_accumulation_steps=4 .* needs 2"):
+        fill_deepspeed_config({"gradient_accumulation_steps": 4}, {"gradient_accumulation_steps": 2})
+    # the same number is fine
+    assert fill_deepspeed_config({"gradient_clipping": 1.0}, {"gradient_clipping": 1.0}) == {"gradient_clipping": 1.0}
+
+
+def test_shipped_configs_load_and_leave_the_batch_entries_to_segrl():
+    for path in DEEPSPEED_CONFIGS.values():
+        config = load_deepspeed_config(str(path))
+        for key in ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "gradient_clipping"):
+            assert config[key] == "auto", (path, key)
+
+
+def test_bad_deepspeed_files_fail_at_config_construction(tmp_path):
+    with pytest.raises(ValueError, match="`deepspeed` must be a DeepSpeed JSON config file"):
+        SegmentPPOConfig(output_dir=str(tmp_path / "out"), deepspeed=str(tmp_path / "missing.json"))
+    bad = tmp_path / "bad.json"
+    bad.write_text("{stage: 2")
+    with pytest.raises(ValueError, match="is not valid JSON"):
+        SegmentPPOConfig(output_dir=str(tmp_path / "out"), deepspeed=str(bad))
+    bad.write_text(json.dumps([1, 2]))
+    with pytest.raises(ValueError, match="must hold a JSON object"):
+        SegmentPPOConfig(output_dir=str(tmp_path / "out"), deepspeed=str(bad))
+    assert not (tmp_path / "out").exists()
+
+
+def test_deepspeed_is_chosen_by_the_option_or_by_accelerate_launch(monkeypatch, tmp_path):
+    monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED", raising=False)
+    assert not uses_deepspeed(SegmentPPOConfig(output_dir=str(tmp_path)))
+    assert uses_deepspeed(SegmentPPOConfig(output_dir=str(tmp_path), deepspeed=str(DEEPSPEED_CONFIGS["zero2"])))
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    assert uses_deepspeed(SegmentPPOConfig(output_dir=str(tmp_path)))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="deepspeed is not installed")
+def test_segrl_ppo_cli_under_zero3_on_two_processes_saves_and_resumes(rm_env, fitted_rm, tmp_path):
+    """`torchrun --nproc_per_node 2 -m segrl ppo --deepspeed zero3.json`: real sampling from the gathered
+    ZeRO-3 policy, the whole frozen reference and RM on each rank, a checkpoint of both engines, a
+    resumed run, and a saved policy whose weights are complete (gathered) and trained."""
+    from safetensors.torch import load_file
+
+    _, rm_path, data = fitted_rm
+    out = tmp_path / "ppo"
+    cfg = {
+        "model_name_or_path": rm_env.init_dir, "ref_model_name_or_path": rm_env.ref_dir,
+        "reward_model_path": str(rm_path), "dataset_name": data, "output_dir": str(out),
+        "total_episodes": 8, "rollout_batch_size": 2, "mini_batch_size": 2, "gradient_accumulation_steps": 2,
+        "max_new_tokens": 6, "learning_rate": 1e-3, "critic_learning_rate": 1e-3, "save_steps": 1,
+        "use_cpu": True, "deepspeed": str(DEEPSPEED_CONFIGS["zero3"]),
+    }
+    (tmp_path / "ppo.yaml").write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "DS_BUILD_OPS": "0",
+           "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "ACCELERATE_USE_DEEPSPEED"):
+        env.pop(key, None)
+    torchrun = str(Path(sys.executable).with_name("torchrun"))
+
+    def run(*extra):
+        proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "-m", "segrl", "ppo", "--config",
+                               str(tmp_path / "ppo.yaml"), *extra], env=env, capture_output=True, text=True,
+                              timeout=600)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+
+    run()
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(metrics) == 2  # 8 episodes / (2 prompts x 2 processes)
+    assert all(m["policy_grad_norm"] > 0 and m["critic_grad_norm"] > 0 for m in metrics)
+    assert (out / "checkpoint-2" / "segrl_state.json").exists()
+    # two DeepSpeed engines saved their own ZeRO checkpoints (accelerate names them per prepared model)
+    assert (out / "checkpoint-2" / "pytorch_model").is_dir() and (out / "checkpoint-2" / "pytorch_model_1").is_dir()
+    before = load_file(Path(rm_env.init_dir) / "model.safetensors")
+    after = load_file(out / "model.safetensors")
+    assert all(after[k].shape == v.shape for k, v in before.items() if k in after)  # gathered, not partitions
+    assert any(not torch.equal(before[k], after[k]) for k in before if k in after)
+    run("--total_episodes", "12", "--resume_from_checkpoint", "latest")
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["iteration"] for m in metrics] == [1, 2, 3]
