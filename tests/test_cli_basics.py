@@ -234,3 +234,25 @@ def test_python_configs_choose_bf16_from_the_hardware_without_deprecation_noise(
     assert args.bf16 is False  # TRL alone would say True and fail on this machine
     assert args.activation_checkpointing is True and args.gradient_checkpointing is True  # TRL's default kept
     assert cls(output_dir=str(tmp_path), gradient_checkpointing=False).activation_checkpointing is False
+
+
+def test_global_num_threads_reaches_the_pipeline(monkeypatch, tmp_path):
+    """`segrl demo --num_threads 2`: the global option is stripped before the demo config is parsed, so
+    the pipeline must take it from the environment instead of its own default of 1."""
+    from segrl.pipeline import stages
+    from segrl.pipeline.options import PipelineOptions
+
+    seen = {}
+
+    class FakePipeline:
+        def __init__(self, output_dir, **kwargs):
+            seen.update(kwargs)
+
+    monkeypatch.setattr(stages, "Pipeline", FakePipeline)
+    options = PipelineOptions(output_dir=str(tmp_path))
+    monkeypatch.delenv("SEGRL_NUM_THREADS", raising=False)
+    options.build()
+    assert seen["num_threads"] == 1  # the option's default
+    monkeypatch.setenv("SEGRL_NUM_THREADS", "2")
+    options.build()
+    assert seen["num_threads"] == 2

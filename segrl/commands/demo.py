@@ -59,6 +59,10 @@ class DemoConfig(PipelineOptions):
                                metadata={"help": "Methods compared with SFT (segrl.pipeline.settings.METHODS)."})
     heatmap_prompts: int = field(default=6, metadata={"help": "Held-out prompts shown in the token heat-maps."})
     rebuild: bool = field(default=False, metadata={"help": "Ignore cached stages in OUTPUT_DIR and redo everything."})
+    num_threads: int = field(default=0, metadata={"help": "torch intra-op threads; 0 (the demo's default): torch's own "
+                                                            "choice, every core of the machine (5 min 25 s on 2 quiet "
+                                                            "cores vs 7 min 56 s with 1 thread). `segrl --num_threads N` "
+                                                            "sets it too."})
     title: str = field(default="segrl demo: SFT -> pairs -> segment RM -> DPO / ASR-DPO / segment PPO",
                        metadata={"help": "Report title."})
 

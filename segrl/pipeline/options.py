@@ -93,7 +93,8 @@ class PipelineOptions:
     eval_dev: int = _f(200, "Held-out dev prompts (learning curves, checkpoint selection).")
     eval_test: int = _f(500, "Held-out test prompts (reported numbers).")
     eval_checkpoints: int = _f(5, "Dev evaluations per run, evenly spaced.")
-    num_threads: int = _f(1, "torch intra-op threads (1 is fastest for these tiny models on a shared machine).")
+    num_threads: int = _f(1, "torch intra-op threads (1 is fastest for these tiny models on a shared machine); the "
+                             "global `segrl --num_threads N` sets it from the command line.")
 
     def __post_init__(self):
         from segrl.asr_options import parse_delta
@@ -137,8 +138,14 @@ class PipelineOptions:
         """A :class:`segrl.pipeline.Pipeline` for these options."""
         from segrl.pipeline.stages import Pipeline
 
+        import os
+
+        from segrl.commands._common import THREADS_ENV
+
+        # `segrl --num_threads N` is a global option (stripped before this config is parsed): it wins
+        threads = int(os.environ[THREADS_ENV]) if os.environ.get(THREADS_ENV) else self.num_threads
         return Pipeline(self.output_dir, **self.stage_settings(), reporter=reporter,
-                        use_packaged_sft=not self.train_sft, num_threads=self.num_threads, **kwargs)
+                        use_packaged_sft=not self.train_sft, num_threads=threads, **kwargs)
 
     def to_dict(self) -> dict:
         return asdict(self)
