@@ -34,7 +34,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 def _usage() -> str:
     width = max(map(len, COMMANDS))
-    lines = ["usage: segrl [--debug] [--version] <command> [--config file.yaml] [--flag value ...]", "",
+    lines = ["usage: segrl [--debug] [--num_threads N] [--version] <command> [--config file.yaml] [--flag value ...]", "",
              "commands:"]
     lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
     lines += ["", "`segrl <command> --help` lists a command's own options, `--help-all` the inherited TRL /",
@@ -45,9 +45,10 @@ def _usage() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    while argv and argv[0] == "--debug":  # `segrl --debug <command> ...`
-        os.environ["SEGRL_DEBUG"] = "1"
-        argv = argv[1:]
+    leading: list[str] = []  # global options given before the command: `segrl --num_threads 2 demo ...`
+    while argv and (argv[0] in ("--debug", "--num_threads") or argv[0].startswith("--num_threads=")):
+        take = 2 if argv[0] == "--num_threads" else 1
+        leading, argv = leading + argv[:take], argv[take:]
     if argv and argv[0] == "--version":
         from segrl import __version__
 
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     from segrl.commands._common import UsageError, run_command, strip_global_options
 
     try:
-        rest = strip_global_options(rest)  # --debug, --num_threads N: the same for every command
+        rest = strip_global_options(leading + rest)  # --debug, --num_threads N: the same for every command
     except UsageError as err:
         print(f"segrl {name}: error: {err}", file=sys.stderr)
         return 2

@@ -256,3 +256,20 @@ def test_global_num_threads_reaches_the_pipeline(monkeypatch, tmp_path):
     monkeypatch.setenv("SEGRL_NUM_THREADS", "2")
     options.build()
     assert seen["num_threads"] == 2
+
+
+def test_global_options_also_before_the_command(monkeypatch, capsys):
+    import torch
+
+    from segrl.cli import main
+
+    for var in ("SEGRL_NUM_THREADS", "SEGRL_DEBUG", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.delenv(var, raising=False)
+    before = torch.get_num_threads()
+    try:
+        assert main(["--num_threads", "1", "--debug", "fit-norm", "--help"]) == 0
+        assert os.environ["SEGRL_NUM_THREADS"] == "1" and os.environ["SEGRL_DEBUG"] == "1"
+        assert main(["--num_threads=x", "fit-norm", "--help"]) == 2
+        assert "`--num_threads` must be a positive integer" in capsys.readouterr().err
+    finally:
+        torch.set_num_threads(before)
