@@ -306,6 +306,24 @@ def command_main(prog: str, argv: Sequence[str] | None, make_parser: Callable, r
 _SEGRL_ROOT = Path(__file__).resolve().parents[1]
 
 
+def pipeline_command_main(prog: str, argv: Sequence[str] | None, parse_config: Callable, validate: Callable,
+                          run: Callable) -> int:
+    """Entry point of the pipeline commands (``segrl demo``, ``segrl experiment``): parse the config
+    dataclass, check it (exit 2 with a one-line error), then run it with the command line recorded."""
+    import shlex
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")  # CPU-only runs: keeps deepspeed's accelerator probe quiet
+    cfg = parse_config(argv)
+    try:
+        validate(cfg)
+    except ValueError as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2
+    run(cfg, command=f"{prog} " + " ".join(shlex.quote(a) for a in argv))
+    return 0
+
+
 def _module_file(module: str) -> Path | None:
     parts = module.split(".")
     if parts[0] != "segrl":

@@ -20,7 +20,6 @@ Examples::
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import sys
 import time
@@ -198,16 +197,9 @@ def run(cfg: ExperimentConfig, console=None, command: str | None = None) -> dict
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``segrl experiment``. Returns 0 on success, 2 on invalid options."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    os.environ.setdefault("DS_ACCELERATOR", "cpu")  # CPU-only runs: keeps deepspeed's accelerator probe quiet
-    cfg = parse_config(argv)
-    try:
-        validate(cfg)
-    except ValueError as err:
-        print(f"segrl experiment: error: {err}", file=sys.stderr)
-        return 2
-    run(cfg, command="segrl experiment " + " ".join(shlex.quote(a) for a in argv))
-    return 0
+    from segrl.commands._common import pipeline_command_main
+
+    return pipeline_command_main("segrl experiment", argv, parse_config, validate, run)
 
 
 if __name__ == "__main__":
