@@ -60,6 +60,26 @@ def boundary_token_table(tokenizer, chars: str = DEFAULT_BOUNDARY_CHARS) -> torc
     return torch.tensor([any(c in text for c in chars) for text in texts], dtype=torch.bool)
 
 
+class StepBoundaries:
+    """Step-end flags of response tokens for ``mask_type="stepwise"``, shared by every trainer.
+
+    The tokenizer's table (:func:`boundary_token_table`) is built on first use, once.
+    ``boundaries(ids, mask)`` -> BoolTensor (B, T): ``ids`` end a step and are valid response tokens.
+    """
+
+    def __init__(self, tokenizer, chars: str = DEFAULT_BOUNDARY_CHARS):
+        self.tokenizer, self.chars = tokenizer, chars
+        self._table: torch.Tensor | None = None
+
+    def __call__(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self._table is None:
+            self._table = boundary_token_table(self.tokenizer, self.chars)
+        table = self._table.to(ids.device)
+        # ids past the tokenizer (a model vocabulary padded beyond it) never end a step
+        in_table = ids < len(table)
+        return table[ids.clamp(max=len(table) - 1)] & in_table & mask.bool()
+
+
 # --------------------------------------------------------------------------------------------------
 # Precomputed columns
 # --------------------------------------------------------------------------------------------------

@@ -282,3 +282,15 @@ def test_plain_dpo_config_is_rejected(tiny):
     with pytest.raises(TypeError, match="ASRDPOConfig"):
         ASRDPOTrainer(model=copy.deepcopy(tiny[1]), ref_model=copy.deepcopy(tiny[2]), args=DPOConfig(**COMMON),
                       train_dataset=Dataset.from_list(tiny[3]), processing_class=tiny[0])
+
+
+def test_step_boundaries_shared_helper_hand_values(tiny):
+    """StepBoundaries (used by DPO, RS, PPO, GRPO): table lookup & mask; ids past the tokenizer never end a step."""
+    from segrl.token_rewards import StepBoundaries
+
+    tok = tiny[0]
+    semi = tok(";", add_special_tokens=False)["input_ids"][-1]
+    digit = tok("7", add_special_tokens=False)["input_ids"][-1]
+    ids = torch.tensor([[digit, semi, len(tok) + 5, semi]])
+    mask = torch.tensor([[1, 1, 1, 0]]).bool()
+    assert StepBoundaries(tok)(ids, mask).tolist() == [[False, True, False, False]]

@@ -43,7 +43,7 @@ from segrl.token_rewards import (
     ImplicitTokenRewards,
     add_token_reward_columns,
     align_token_rewards,
-    boundary_token_table,
+    StepBoundaries,
 )
 
 check_trl_compat("dpo")  # fail at import if TRL changed what this module overrides or calls
@@ -139,10 +139,9 @@ class ASRDPOTrainer(CompleteCheckpointsMixin, DPOTrainer):
             peft_config=peft_config,
         )
         self._asr_collator()
-        self._boundary_table = None
+        self._step_boundaries = None
         if self._mask_options["kind"] == "stepwise":
-            table = boundary_token_table(self._tokenizer, args.step_boundary_chars)
-            self._boundary_table = table.to(self.accelerator.device)
+            self._step_boundaries = StepBoundaries(self._tokenizer, args.step_boundary_chars)
         # TRL's `sft` term would see the masked completion_mask (the kept chosen tokens only); with a mask
         # it is taken out of TRL's loss list and added in `_compute_loss` over the full chosen response
         # (an NLL anchor on what the policy should produce, as in RPO; docs/method.md#dpo).
@@ -421,9 +420,8 @@ class ASRDPOTrainer(CompleteCheckpointsMixin, DPOTrainer):
             raise ValueError(f"`token_rewards` has shape {tuple(token_rewards.shape)} but the batch's completions "
                              f"need {tuple(span.mask.shape)} (2B rows x longest completion)")
         is_boundary = None
-        if self._boundary_table is not None:
-            table = self._boundary_table.to(completion_mask.device)
-            is_boundary = table[from_input_layout(inputs["input_ids"], span)] & span.mask
+        if self._step_boundaries is not None:
+            is_boundary = self._step_boundaries(from_input_layout(inputs["input_ids"], span), span.mask)
         seq_sign = ops.preference_sign(n_pairs, device=completion_mask.device)  # rows are [chosen x B; rejected x B]
         token_rewards = token_rewards.to(completion_mask.device)
         kept = ops.keep_mask(token_rewards, span.mask, seq_sign, is_boundary=is_boundary,

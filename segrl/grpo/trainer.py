@@ -169,11 +169,11 @@ class SegmentGRPOTrainer(CompleteCheckpointsMixin, GRPOTrainer):
         options = global_mask_options(self.accelerator, self.args.mask_kwargs(), token_rewards, response_mask)
         is_boundary = None
         if options["kind"] == "stepwise":
-            if getattr(self, "_boundary_table", None) is None:
-                from segrl.token_rewards import boundary_token_table
+            if getattr(self, "_step_boundaries", None) is None:
+                from segrl.token_rewards import StepBoundaries
 
-                self._boundary_table = boundary_token_table(self.processing_class, self.args.step_boundary_chars)
-            is_boundary = self._boundary_table.to(completion_ids.device)[completion_ids] & response_mask
+                self._step_boundaries = StepBoundaries(self.processing_class, self.args.step_boundary_chars)
+            is_boundary = self._step_boundaries(completion_ids, response_mask)
         return ops.keep_mask(token_rewards, response_mask, seq_sign, is_boundary=is_boundary, **options)
 
     def _gathered_groups(self, local: torch.Tensor) -> tuple[torch.Tensor, slice]:

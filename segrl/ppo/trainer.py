@@ -26,6 +26,7 @@ from segrl import ops
 from segrl._distributed import global_mask_options, sum_hook
 from segrl.checkpoints import check_checkpoint, finalize_checkpoint, reading_checkpoint, resolve_checkpoint
 from segrl.padding import pad_rows
+from segrl.token_rewards import StepBoundaries
 
 from .config import SegmentPPOConfig
 from .engines import ModelUpdater, make_accelerator
@@ -137,6 +138,7 @@ class SegmentPPOTrainer:
         #: and the PPO update; logged as ``time_rollout_s``, ``time_scoring_s``, ``time_update_s``.
         self.timings: dict[str, float] = {}
         self.reward_source = reward_source
+        self.step_boundaries = StepBoundaries(tokenizer, args.step_boundary_chars)  # mask_type="stepwise"
         self.iteration = 0
         self.history: list[dict] = []
         #: The hysteresis half-width of the last rollout's ASR mask (``asr_delta`` resolved), logged as `asr/delta`.
@@ -322,11 +324,7 @@ class SegmentPPOTrainer:
         options = global_mask_options(self.accelerator, args.mask_kwargs(), signal, response_mask)
         is_boundary = None
         if options["kind"] == "stepwise":
-            if getattr(self, "_boundary_table", None) is None:
-                from segrl.token_rewards import boundary_token_table
-
-                self._boundary_table = boundary_token_table(self.tokenizer, args.step_boundary_chars)
-            is_boundary = self._boundary_table.to(responses.device)[responses] & response_mask
+            is_boundary = self.step_boundaries(responses, response_mask)
         return ops.keep_mask(signal, response_mask, seq_sign, is_boundary=is_boundary, **options)
 
     def _global_mean(self, x: torch.Tensor) -> torch.Tensor:

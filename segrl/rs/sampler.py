@@ -32,7 +32,7 @@ from segrl.padding import pad_rows
 from segrl.rs.config import ASRRejectionSamplingConfig
 from segrl.token_rewards import (
     align_token_rewards,
-    boundary_token_table,
+    StepBoundaries,
 )
 
 check_trl_compat("rs")  # fail at import if TRL changed what this module overrides or calls
@@ -458,7 +458,7 @@ class ASRRejectionSampler:
         for r in records:
             offsets.append(offsets[-1] + len(r["token_rewards"]))
         flat_index = torch.tensor([offsets[i] + k for i, k in accepted], dtype=torch.long)
-        table = boundary_token_table(self.tokenizer, self.args.step_boundary_chars) if options["kind"] == "stepwise" \
+        boundaries = StepBoundaries(self.tokenizer, self.args.step_boundary_chars) if options["kind"] == "stepwise" \
             else None
         keep_lists, totals = [], torch.zeros(7, dtype=torch.float64)
         chunk = 256
@@ -473,10 +473,7 @@ class ASRRejectionSampler:
                 rewards[j, : len(c)] = torch.tensor(records[i]["token_rewards"][k], dtype=torch.float32)
                 mask[j, : len(c)] = True
                 id_tensor[j, : len(c)] = torch.tensor(c)
-            boundary = None
-            if table is not None:  # ids past the tokenizer (a padded model vocabulary) never end a step
-                in_table = id_tensor < len(table)
-                boundary = table[id_tensor.clamp(max=len(table) - 1)] & in_table & mask
+            boundary = None if boundaries is None else boundaries(id_tensor, mask)
             baseline = resolved
             if isinstance(resolved, torch.Tensor):  # rows of the accepted responses, cut to this chunk's width
                 baseline = resolved[flat_index[lo: lo + chunk]]
