@@ -107,3 +107,18 @@ def test_segrl_ppo_cli_under_zero3_on_two_processes_saves_and_resumes(rm_env, fi
     run("--total_episodes", "12", "--resume_from_checkpoint", "latest")
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["iteration"] for m in metrics] == [1, 2, 3]
+
+
+def test_eval_batches_give_every_process_the_same_number_of_batches():
+    from segrl.ppo.trainer import eval_batches
+
+    # 5 prompts on 2 processes, batches of 2: rank 0 has prompts 0, 2, 4; rank 1 has 1, 3 (+ an empty batch)
+    assert eval_batches(5, 2, 0, 2) == [[0, 2], [4]]
+    assert eval_batches(5, 2, 1, 2) == [[1, 3], []]
+    assert eval_batches(3, 4, 3, 8) == [[]]  # more processes than prompts: one empty batch
+    assert eval_batches(4, 1, 0, 3) == [[0, 1, 2], [3]]
+    for n in range(1, 12):
+        for world in (1, 2, 3):
+            plans = [eval_batches(n, world, r, 2) for r in range(world)]
+            assert len({len(p) for p in plans}) == 1, (n, world)
+            assert sorted(i for p in plans for b in p for i in b) == list(range(n))

@@ -54,6 +54,18 @@ def response_mask_from(responses: torch.Tensor, eos_token_id: int) -> tuple[torc
     return ~after_eos, ~is_eos.any(dim=1)
 
 
+def eval_batches(n_prompts: int, world: int, rank: int, batch_size: int) -> list[list[int]]:
+    """This process's held-out prompt indices (every ``world``-th from ``rank``), in batches of ``batch_size``.
+
+    Every process gets the same number of batches -- a process with fewer prompts gets empty ones
+    at the end -- because under DeepSpeed ZeRO-3 each generation and each forward of a partitioned
+    model is a collective that every rank must join.
+    """
+    mine = list(range(rank, n_prompts, world))
+    per_rank = math.ceil(n_prompts / world)
+    return [mine[start : start + batch_size] for start in range(0, max(per_rank, 1), batch_size)]
+
+
 class PPOCallback:
     """Hooks into :meth:`SegmentPPOTrainer.train` (subclass and override what you need).
 
@@ -447,11 +459,13 @@ class SegmentPPOTrainer:
         acc, args = self.accelerator, self.args
         was_training = self.policy.training
         self.policy.eval()
-        rows = self.eval_prompt_ids[acc.process_index :: acc.num_processes]
         sums = torch.zeros(4, dtype=torch.float64, device=acc.device)  # reward, kl, length, rows
-        for start in range(0, len(rows), args.rollout_batch_size):
+        for batch in eval_batches(len(self.eval_prompt_ids), acc.num_processes, acc.process_index,
+                                  args.rollout_batch_size):
+            # an empty batch still runs (on the first prompt, weight 0) so ZeRO-3's collectives stay in step
+            weight = 1.0 if batch else 0.0
             prompts, prompt_mask, responses, mask, _, logprobs = self._generate(
-                rows[start : start + args.rollout_batch_size], greedy=True)
+                [self.eval_prompt_ids[i] for i in batch or [0]], greedy=True)
             ctx = prompts.shape[1]
             query_responses = torch.cat([prompts, responses], dim=1)
             attention_mask = torch.cat([prompt_mask.bool(), mask], dim=1).long()
@@ -461,8 +475,8 @@ class SegmentPPOTrainer:
             with acc.autocast():
                 dense = self.reward_source(query_responses, attention_mask, ctx, mask, ref_entropy)
             kl = torch.where(mask, logprobs - ref_logprobs, 0.0).sum(dim=1)
-            sums += torch.stack([dense.seq_rewards.sum(), kl.sum(), mask.sum(), torch.tensor(mask.shape[0])]
-                                ).to(sums)
+            sums += weight * torch.stack([dense.seq_rewards.sum(), kl.sum(), mask.sum(), torch.tensor(mask.shape[0])]
+                                         ).to(sums)
         sums = acc.reduce(sums, "sum")
         n = max(float(sums[3]), 1.0)
         self.policy.train(was_training)
