@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"segrl: error: unknown command {name!r}{hint}\n\n{_usage()}", file=sys.stderr)
         return 2
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from segrl.commands._common import UsageError, run_command, strip_global_options
+    from segrl.commands._common import UsageError, release_process_group, run_command, strip_global_options
 
     try:
         rest = strip_global_options(leading + rest)  # --debug, --num_threads N: the same for every command
@@ -77,7 +77,10 @@ def main(argv: list[str] | None = None) -> int:
         module = importlib.import_module(COMMANDS[name][0])
         code[0] = int(module.main(rest) or 0)
 
-    failed = run_command(f"segrl {name}", _run)
+    try:
+        failed = run_command(f"segrl {name}", _run)
+    finally:
+        release_process_group()
     return failed or code[0]
 
 

@@ -273,3 +273,28 @@ def test_global_options_also_before_the_command(monkeypatch, capsys):
         assert "`--num_threads` must be a positive integer" in capsys.readouterr().err
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_the_process_group_is_released_when_a_command_ends(fails, monkeypatch, tmp_path, capsys):
+    """A live Gloo group at interpreter exit can abort a finished torchrun rank (SIGABRT,
+    pytorch/pytorch#190489): ``segrl`` destroys the group a command created, also when it failed."""
+    import importlib
+
+    import torch.distributed as dist
+
+    module = importlib.import_module("segrl.commands.viz")
+
+    def fake_main(argv):
+        dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+        if fails:
+            raise RuntimeError("boom")
+        return 0
+
+    monkeypatch.setattr(module, "main", fake_main)
+    try:
+        assert main(["viz"]) == (1 if fails else 0)
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

@@ -278,6 +278,19 @@ def run_command(prog: str, fn: Callable[[], object]) -> int:
     return 0
 
 
+def release_process_group() -> None:
+    """Destroy torch.distributed's default process group, if a command created one.
+
+    A process that exits with a live Gloo group can abort during interpreter shutdown ("terminate called
+    without an active exception", SIGABRT; pytorch/pytorch#190489), which turns a finished ``torchrun``
+    run into a failed one. Destroying the group is local to the process (no collective), so it is safe
+    on the error path too.
+    """
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def command_main(prog: str, argv: Sequence[str] | None, make_parser: Callable, run: Callable,
                  help_groups: Sequence[tuple[str, str]] = (), inherited: str = "",
                  common: Sequence[tuple[str, str]] = (), aliases: dict[str, str] | None = None) -> int:

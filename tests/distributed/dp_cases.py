@@ -941,4 +941,10 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from segrl.commands._common import release_process_group
+
+    try:
+        code = main()
+    finally:
+        release_process_group()  # a live Gloo group can abort a finished rank at exit (pytorch#190489)
+    sys.exit(code)
