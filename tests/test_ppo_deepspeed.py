@@ -63,22 +63,16 @@ def test_deepspeed_is_chosen_by_the_option_or_by_accelerate_launch(monkeypatch, 
     assert uses_deepspeed(SegmentPPOConfig(output_dir=str(tmp_path)))
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="deepspeed is not installed")
-def test_segrl_ppo_cli_under_zero3_on_two_processes_saves_and_resumes(rm_env, fitted_rm, tmp_path):
-    """`torchrun --nproc_per_node 2 -m segrl ppo --deepspeed zero3.json`: real sampling from the gathered
-    ZeRO-3 policy, the whole frozen reference and RM on each rank, a checkpoint of both engines, a
-    resumed run, and a saved policy whose weights are complete (gathered) and trained."""
-    from safetensors.torch import load_file
-
+def _zero3_ppo_runner(rm_env, fitted_rm, tmp_path, **options):
+    """A function that runs `torchrun --nproc_per_node 2 -m segrl ppo` under ZeRO-3 on the fixture's
+    models (``options`` added to the config; output in ``tmp_path / "ppo"``) and asserts it exits 0."""
     _, rm_path, data = fitted_rm
-    out = tmp_path / "ppo"
     cfg = {
         "model_name_or_path": rm_env.init_dir, "ref_model_name_or_path": rm_env.ref_dir,
-        "reward_model_path": str(rm_path), "dataset_name": data, "output_dir": str(out),
+        "reward_model_path": str(rm_path), "dataset_name": data, "output_dir": str(tmp_path / "ppo"),
         "total_episodes": 8, "rollout_batch_size": 2, "mini_batch_size": 2, "gradient_accumulation_steps": 2,
-        "max_new_tokens": 6, "learning_rate": 1e-3, "critic_learning_rate": 1e-3, "save_steps": 1,
-        "use_cpu": True, "deepspeed": str(DEEPSPEED_CONFIGS["zero3"]),
+        "max_new_tokens": 6, "learning_rate": 1e-3, "critic_learning_rate": 1e-3,
+        "use_cpu": True, "deepspeed": str(DEEPSPEED_CONFIGS["zero3"]), **options,
     }
     (tmp_path / "ppo.yaml").write_text(yaml.safe_dump(cfg))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "DS_BUILD_OPS": "0",
@@ -93,6 +87,19 @@ def test_segrl_ppo_cli_under_zero3_on_two_processes_saves_and_resumes(rm_env, fi
                               timeout=600)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
 
+    return run
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="deepspeed is not installed")
+def test_segrl_ppo_cli_under_zero3_on_two_processes_saves_and_resumes(rm_env, fitted_rm, tmp_path):
+    """`torchrun --nproc_per_node 2 -m segrl ppo --deepspeed zero3.json`: real sampling from the gathered
+    ZeRO-3 policy, the whole frozen reference and RM on each rank, a checkpoint of both engines, a
+    resumed run, and a saved policy whose weights are complete (gathered) and trained."""
+    from safetensors.torch import load_file
+
+    out = tmp_path / "ppo"
+    run = _zero3_ppo_runner(rm_env, fitted_rm, tmp_path, save_steps=1)
     run()
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(metrics) == 2  # 8 episodes / (2 prompts x 2 processes)
@@ -108,6 +115,31 @@ def test_segrl_ppo_cli_under_zero3_on_two_processes_saves_and_resumes(rm_env, fi
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["iteration"] for m in metrics] == [1, 2, 3]
 
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="deepspeed is not installed")
+def test_segrl_ppo_cli_under_zero3_with_lora_and_the_adapter_disabled_reference(rm_env, fitted_rm, tmp_path):
+    """ZeRO-3 + PEFT: no reference model is given, so the reference is the partitioned policy with its
+    adapter disabled (a forward through DeepSpeed's gathering hooks on every rank). The run must train the
+    adapter only and save it (gathered) as a loadable LoRA adapter."""
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "ppo"
+    run = _zero3_ppo_runner(rm_env, fitted_rm, tmp_path, ref_model_name_or_path=None, use_peft=True, lora_r=4)
+    run()
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(metrics) == 2 and all(m["policy_grad_norm"] > 0 for m in metrics)
+    # the reference is the policy without its adapter: KL starts at 0 (LoRA's B is zero-initialised)
+    assert abs(metrics[0]["kl"]) < 1e-5, metrics[0]["kl"]
+    assert (out / "adapter_config.json").exists() and not (out / "model.safetensors").exists()
+    adapter = load_file(out / "adapter_model.safetensors")
+    lora_b = [v for k, v in adapter.items() if "lora_B" in k]
+    assert lora_b and all(v.numel() > 0 for v in adapter.values())  # gathered, not empty ZeRO-3 partitions
+    assert any(v.abs().sum() > 0 for v in lora_b)  # trained away from B = 0
+    PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(rm_env.init_dir), str(out))
 
 def test_eval_batches_give_every_process_the_same_number_of_batches():
     from segrl.ppo.trainer import eval_batches
