@@ -3,6 +3,7 @@ process are in tests/test_distributed.py (cases ppo, ppo_ga2 of tests/distribute
 
 import importlib.util
 import json
+import math
 import os
 import subprocess
 import sys
@@ -63,16 +64,17 @@ def test_deepspeed_is_chosen_by_the_option_or_by_accelerate_launch(monkeypatch, 
     assert uses_deepspeed(SegmentPPOConfig(output_dir=str(tmp_path)))
 
 
-def _zero3_ppo_runner(rm_env, fitted_rm, tmp_path, **options):
-    """A function that runs `torchrun --nproc_per_node 2 -m segrl ppo` under ZeRO-3 on the fixture's
-    models (``options`` added to the config; output in ``tmp_path / "ppo"``) and asserts it exits 0."""
+def _zero3_ppo_runner(rm_env, fitted_rm, tmp_path, stage="zero3", **options):
+    """A function that runs `torchrun --nproc_per_node 2 -m segrl ppo` under DeepSpeed (``stage``: a shipped
+    config) on the fixture's models (``options`` added to the config; output in ``tmp_path / "ppo"``) and
+    asserts it exits 0."""
     _, rm_path, data = fitted_rm
     cfg = {
         "model_name_or_path": rm_env.init_dir, "ref_model_name_or_path": rm_env.ref_dir,
         "reward_model_path": str(rm_path), "dataset_name": data, "output_dir": str(tmp_path / "ppo"),
         "total_episodes": 8, "rollout_batch_size": 2, "mini_batch_size": 2, "gradient_accumulation_steps": 2,
         "max_new_tokens": 6, "learning_rate": 1e-3, "critic_learning_rate": 1e-3,
-        "use_cpu": True, "deepspeed": str(DEEPSPEED_CONFIGS["zero3"]), **options,
+        "use_cpu": True, "deepspeed": str(DEEPSPEED_CONFIGS[stage]), **options,
     }
     (tmp_path / "ppo.yaml").write_text(yaml.safe_dump(cfg))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "DS_BUILD_OPS": "0",
@@ -140,6 +142,27 @@ def test_segrl_ppo_cli_under_zero3_with_lora_and_the_adapter_disabled_reference(
     assert lora_b and all(v.numel() > 0 for v in adapter.values())  # gathered, not empty ZeRO-3 partitions
     assert any(v.abs().sum() > 0 for v in lora_b)  # trained away from B = 0
     PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(rm_env.init_dir), str(out))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="deepspeed is not installed")
+def test_segrl_ppo_cli_under_zero2_in_bf16(rm_env, fitted_rm, tmp_path):
+    """`--bf16 true` with a shipped config whose precision is "auto": DeepSpeed trains bf16 weights
+    (fp32 master copies in its optimiser) next to the fp32 reference and RM; the run trains and the saved
+    policy is finite."""
+    from safetensors.torch import load_file
+
+    out = tmp_path / "ppo"
+    run = _zero3_ppo_runner(rm_env, fitted_rm, tmp_path, stage="zero2", bf16=True)
+    run()
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(metrics) == 2
+    assert all(math.isfinite(m["kl"]) and m["policy_grad_norm"] > 0 and m["critic_grad_norm"] > 0 for m in metrics)
+    before = load_file(Path(rm_env.init_dir) / "model.safetensors")
+    after = load_file(out / "model.safetensors")
+    assert all(torch.isfinite(v.float()).all() for v in after.values())
+    assert {v.dtype for v in after.values()} == {torch.bfloat16}  # DeepSpeed's bf16 engine weights, gathered
+    assert any(not torch.equal(before[k], after[k].to(before[k].dtype)) for k in before if k in after)
 
 def test_eval_batches_give_every_process_the_same_number_of_batches():
     from segrl.ppo.trainer import eval_batches
