@@ -64,7 +64,7 @@ def test_deepspeed_is_chosen_by_the_option_or_by_accelerate_launch(monkeypatch, 
     assert uses_deepspeed(SegmentPPOConfig(output_dir=str(tmp_path)))
 
 
-def _zero3_ppo_runner(rm_env, fitted_rm, tmp_path, stage="zero3", **options):
+def _deepspeed_ppo_runner(rm_env, fitted_rm, tmp_path, stage="zero3", **options):
     """A function that runs `torchrun --nproc_per_node 2 -m segrl ppo` under DeepSpeed (``stage``: a shipped
     config) on the fixture's models (``options`` added to the config; output in ``tmp_path / "ppo"``) and
     asserts it exits 0."""
@@ -101,7 +101,7 @@ def test_segrl_ppo_cli_under_zero3_on_two_processes_saves_and_resumes(rm_env, fi
     from safetensors.torch import load_file
 
     out = tmp_path / "ppo"
-    run = _zero3_ppo_runner(rm_env, fitted_rm, tmp_path, save_steps=1)
+    run = _deepspeed_ppo_runner(rm_env, fitted_rm, tmp_path, save_steps=1)
     run()
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(metrics) == 2  # 8 episodes / (2 prompts x 2 processes)
@@ -118,7 +118,6 @@ def test_segrl_ppo_cli_under_zero3_on_two_processes_saves_and_resumes(rm_env, fi
     assert [m["iteration"] for m in metrics] == [1, 2, 3]
 
 
-
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="deepspeed is not installed")
 def test_segrl_ppo_cli_under_zero3_with_lora_and_the_adapter_disabled_reference(rm_env, fitted_rm, tmp_path):
@@ -130,7 +129,7 @@ def test_segrl_ppo_cli_under_zero3_with_lora_and_the_adapter_disabled_reference(
     from transformers import AutoModelForCausalLM
 
     out = tmp_path / "ppo"
-    run = _zero3_ppo_runner(rm_env, fitted_rm, tmp_path, ref_model_name_or_path=None, use_peft=True, lora_r=4)
+    run = _deepspeed_ppo_runner(rm_env, fitted_rm, tmp_path, ref_model_name_or_path=None, use_peft=True, lora_r=4)
     run()
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(metrics) == 2 and all(m["policy_grad_norm"] > 0 for m in metrics)
@@ -153,7 +152,7 @@ def test_segrl_ppo_cli_under_zero2_in_bf16(rm_env, fitted_rm, tmp_path):
     from safetensors.torch import load_file
 
     out = tmp_path / "ppo"
-    run = _zero3_ppo_runner(rm_env, fitted_rm, tmp_path, stage="zero2", bf16=True)
+    run = _deepspeed_ppo_runner(rm_env, fitted_rm, tmp_path, stage="zero2", bf16=True)
     run()
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(metrics) == 2
@@ -163,6 +162,7 @@ def test_segrl_ppo_cli_under_zero2_in_bf16(rm_env, fitted_rm, tmp_path):
     assert all(torch.isfinite(v.float()).all() for v in after.values())
     assert {v.dtype for v in after.values()} == {torch.bfloat16}  # DeepSpeed's bf16 engine weights, gathered
     assert any(not torch.equal(before[k], after[k].to(before[k].dtype)) for k in before if k in after)
+
 
 def test_eval_batches_give_every_process_the_same_number_of_batches():
     from segrl.ppo.trainer import eval_batches
